@@ -1,0 +1,160 @@
+"""Phi-3 decoder (SPEC §1.3) with the decoupled vocabulary (SPEC §1.4).
+
+Parameter names match `lang_model.*` checkpoint keys. The decoder runs in one of two layouts:
+- padded: hidden (B, T, E), `key_padding_mask` (B, T) 1 = real token, positions (B, T);
+- packed: hidden (total, E), `cu_seqlens` (n_seq + 1,) int32, positions (total,) restarting per sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import TextConfig
+from ..ops import activations, attention, loss, norms, rope
+
+
+@dataclass
+class AttentionLayout:
+    key_padding_mask: torch.Tensor | None = None  # padded layout
+    cu_seqlens: torch.Tensor | None = None  # packed layout
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+
+class DecoupledEmbedding(nn.Module):
+    """ids <= initial_len-1 read `weight` [vocab_rows, E]; the added ids read `additional_embedding`."""
+
+    def __init__(self, num_embeddings: int, dim: int, num_base: int, num_additional: int, padding_idx: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
+        self.additional_embedding = nn.Embedding(num_additional, dim)
+        self.num_base, self.padding_idx = num_base, padding_idx
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        is_added = ids >= self.num_base
+        base = F.embedding(ids.masked_fill(is_added, 0), self.weight)
+        if not bool(is_added.any()):
+            return base
+        added = self.additional_embedding((ids - self.num_base).clamp(min=0))
+        return torch.where(is_added[..., None], added.to(base.dtype), base)
+
+
+class DecoupledLinear(nn.Module):
+    """logits = cat((h Wᵀ + b)[:, :initial_len], h Aᵀ + a); W/b keep all `vocab_rows` rows on disk."""
+
+    def __init__(self, dim: int, vocab_rows: int, num_base: int, num_additional: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_rows, dim))
+        self.bias = nn.Parameter(torch.zeros(vocab_rows))
+        self.additional_fc = nn.Linear(dim, num_additional)
+        self.num_base = num_base
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return loss.decoupled_logits(h, self.weight, self.bias, self.additional_fc.weight,
+                                     self.additional_fc.bias, self.num_base)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return norms.rms_norm(x, self.weight, self.eps)
+
+
+class Phi3Attention(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        qkv_out = (self.n_heads + 2 * self.n_kv) * self.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, qkv_out, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: AttentionLayout):
+        lead = x.shape[:-1]  # (B, T) padded or (total,) packed
+        qkv = self.qkv_proj(x)
+        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q = qkv[..., :nq].view(*lead, self.n_heads, self.head_dim)
+        k = qkv[..., nq:nq + nkv].view(*lead, self.n_kv, self.head_dim)
+        v = qkv[..., nq + nkv:].view(*lead, self.n_kv, self.head_dim)
+        q, k = rope.apply_rope(q, k, cos, sin)
+        if layout.packed:
+            o = attention.varlen_attention(q, k, v, layout.cu_seqlens, causal=True,
+                                           sliding_window=self.cfg.sliding_window)
+        else:
+            o = attention.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
+                                    key_padding_mask=layout.key_padding_mask,
+                                    sliding_window=self.cfg.sliding_window).transpose(1, 2)
+        return self.o_proj(o.reshape(*lead, nq))
+
+
+class Phi3MLP(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(activations.swiglu(self.gate_up_proj(x)))
+
+
+class Phi3DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Phi3Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = Phi3MLP(cfg)
+
+    def forward(self, x, cos, sin, layout: AttentionLayout):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layout)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Phi3Model(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = DecoupledEmbedding(cfg.vocab_size, cfg.hidden_size, cfg.initial_tokenizer_len,
+                                               cfg.num_additional_tokens, cfg.pad_token_id)
+        self.layers = nn.ModuleList(Phi3DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.gradient_checkpointing = False
+
+    def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, layout: AttentionLayout):
+        cos, sin = rope.rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+        x = inputs_embeds
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, layout, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, layout)
+        return self.norm(x)
+
+
+class Phi3ForCausalLM(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Phi3Model(cfg)
+        self.lm_head = DecoupledLinear(cfg.hidden_size, cfg.vocab_size, cfg.initial_tokenizer_len,
+                                       cfg.num_additional_tokens)
+
+    def get_input_embeddings(self) -> DecoupledEmbedding:
+        return self.model.embed_tokens
+
+    def forward(self, inputs_embeds, positions, layout: AttentionLayout) -> torch.Tensor:
+        """Final hidden states; the caller decides which rows need logits (saves the big matmul)."""
+        return self.model(inputs_embeds, positions, layout)

@@ -1,0 +1,250 @@
+"""XGenMM: SigLIP tiles -> perceiver tokens -> inserted at each <image> of the Phi-3 stream.
+
+Where tensors are made and where they go:
+  pixel tiles (T, 3, s, s) --vision_encoder--> features (T, g², D)
+  --group_anyres_features (SPEC §3.4-3.5)--> chunks (C, g², D) + chunk masks (C, g²)
+  --vision_tokenizer--> (C, L, E) --per image--> ((1+n)·L, E) image tokens
+  --replace each <image> id--> LM input stream --lang_model--> hidden --lm_head--> logits.
+
+`forward` takes the original training code's inputs and returns its outputs (padded multimodal
+sequence, right-padded); the packed training path (issue 3) reuses `encode_images` and the decoder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..config import XGenMMConfig
+from ..data.anyres import feature_map_padding, get_anyres_grid_shape
+from ..ops import loss as loss_ops
+from .perceiver import PerceiverResampler
+from .phi3 import AttentionLayout, Phi3ForCausalLM
+from .siglip import SiglipVisionEncoder
+
+IGNORE_INDEX = loss_ops.IGNORE_INDEX
+
+
+@dataclass
+class XGenMMOutput:
+    """`.loss` and `.logits` as the original returned them (HF CausalLMOutput-like)."""
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None  # of the multimodal sequence
+    labels: torch.Tensor | None = None  # of the multimodal sequence
+
+    def __getitem__(self, key):
+        return getattr(self, key) if isinstance(key, str) else (self.loss, self.logits)[key]
+
+
+def anyres_chunk_masks(image_size: Sequence[int], grid_shape: Sequence[int], g: int,
+                       device=None) -> torch.Tensor:
+    """(1 + n, g²) 0/1 masks: the base tile's all ones, then the joint feature map's mask cut into n
+    consecutive row-major chunks of g² (the grouping quirk, SPEC §3.5)."""
+    npw, nph = grid_shape
+    map_h, map_w = nph * g, npw * g
+    mask = torch.ones(map_h, map_w, device=device)
+    axis, pad = feature_map_padding(image_size, map_w, map_h)
+    if pad > 0:
+        if axis == "rows":
+            mask[:pad] = 0
+            mask[map_h - pad:] = 0
+        else:
+            mask[:, :pad] = 0
+            mask[:, map_w - pad:] = 0
+    return torch.cat([torch.ones(1, g * g, device=device), mask.reshape(npw * nph, g * g)])
+
+
+def group_anyres_features(features: torch.Tensor, grid_shape: Sequence[int], g: int) -> torch.Tensor:
+    """features (1 + n, g², D) of [base, tile_0..tile_{n-1}] -> (1 + n, g², D) perceiver inputs.
+
+    The n grid tiles are laid out as one (nph·g, npw·g) map and re-cut into n row-major chunks of g²
+    entries; for grids two or three tiles wide a chunk is a horizontal strip spanning all columns.
+    """
+    npw, nph = grid_shape
+    base, tiles = features[:1], features[1:]
+    d = features.shape[-1]
+    fmap = tiles.view(nph, npw, g, g, d).permute(0, 2, 1, 3, 4)  # (nph, g_row, npw, g_col, D)
+    chunks = fmap.reshape(nph * npw, g * g, d)
+    return torch.cat([base, chunks], dim=0)
+
+
+class XGenMM(nn.Module):
+    def __init__(self, config: XGenMMConfig | str = "xgenmm_phi3_mini"):
+        super().__init__()
+        config = XGenMMConfig.resolve(config)
+        if config.image_aspect_ratio != "anyres" or not config.anyres_patch_sampling:
+            raise NotImplementedError("only image_aspect_ratio='anyres' with anyres_patch_sampling=True "
+                                      "(the released v1.5 setting) is implemented")
+        self.config = config
+        self.vision_encoder = SiglipVisionEncoder(config.vision)
+        self.vision_tokenizer = PerceiverResampler(config.vision.hidden_size, config.text.hidden_size,
+                                                   config.perceiver)
+        self.lang_model = Phi3ForCausalLM(config.text)
+        self.vision_encoder.requires_grad_(False)  # frozen, as in the original recipe
+
+    # ---- convenience ------------------------------------------------------------------------------
+    @property
+    def media_token_id(self) -> int:
+        return self.config.media_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.config.text.pad_token_id
+
+    @property
+    def image_processor(self):
+        from ..data.pillow_ref import ImageProcessor
+        return ImageProcessor(self.config.tile_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lang_model.lm_head.weight.device
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.lang_model.model.gradient_checkpointing = enabled
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str, config: Any = None, dtype: torch.dtype | None = None,
+                        device: Any = "cpu") -> "XGenMM":
+        from .checkpoint import load_pretrained
+        return load_pretrained(cls, path, config=config, dtype=dtype, device=device)
+
+    def save_pretrained(self, out_dir: str, max_shard_size: int = 5 * 2**30) -> None:
+        from .checkpoint import save_pretrained
+        save_pretrained(self, out_dir, max_shard_size=max_shard_size)
+
+    # ---- vision -----------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor, tiles_per_image: Sequence[int],
+                      image_sizes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """pixel_values (T, 3, s, s) for all images' tiles back to back -> per image ((1+n)·L, E).
+
+        An image with one tile (e.g. a blank placeholder) is one chunk with an all-ones mask; an image
+        with 1 + n tiles must have the n-tile grid its size selects.
+        """
+        if len(tiles_per_image) == 0:
+            return []
+        g = self.config.vision.grid
+        frozen = not any(p.requires_grad for p in self.vision_encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            feats = self.vision_encoder(pixel_values)  # (T, g², D)
+        chunks, masks = [], []
+        for i, (f, size) in enumerate(zip(feats.split(list(tiles_per_image)), image_sizes)):
+            if f.shape[0] == 1:
+                chunks.append(f)
+                masks.append(torch.ones(1, g * g, device=f.device))
+                continue
+            grid_shape = get_anyres_grid_shape(size, self.config.anyres_grids, self.config.tile_size)
+            if grid_shape[0] * grid_shape[1] != f.shape[0] - 1:
+                raise ValueError(f"image {i}: {f.shape[0]} tiles (base + {f.shape[0] - 1}) but its size "
+                                 f"(w, h) = {tuple(size)} selects a {grid_shape[0]}x{grid_shape[1]} grid; "
+                                 "were the tiles made with a different grid list or image size?")
+            chunks.append(group_anyres_features(f, grid_shape, g))
+            masks.append(anyres_chunk_masks(size, grid_shape, g, device=f.device))
+        tokens = self.vision_tokenizer(torch.cat(chunks), torch.cat(masks).to(feats.dtype))  # (C, L, E)
+        return [t.flatten(0, 1) for t in tokens.split(list(tiles_per_image))]
+
+    # ---- the original's forward ------------------------------------------------------------------
+    def forward(self, vision_x=None, lang_x: torch.Tensor | None = None, attention_mask=None, labels=None,
+                image_size=None, return_logits: bool = True, **unused) -> XGenMMOutput:
+        """Original call form (SPEC, issue 2 §5).
+
+        vision_x: None, or a list with one entry per sample: a tile tensor (1, 1+n, 3, s, s) or
+            (1+n, 3, s, s), a list of those for several images, or None / [] for a text-only sample.
+        image_size: matching (w, h) per image (a list per sample when vision_x is nested).
+        lang_x, attention_mask, labels: (B, T) with `<image>` ids where images go.
+        Returns logits over the multimodal sequence (B, L, V), right-padded, and the mean shifted CE.
+        """
+        if lang_x is None:
+            raise ValueError("lang_x (B, T) token ids are required")
+        B = lang_x.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(lang_x)
+        per_sample_images = self._images_per_sample(vision_x, image_size, lang_x)
+        embeds, mm_mask, mm_labels = self._build_multimodal_stream(lang_x, attention_mask, labels,
+                                                                   per_sample_images)
+        L = embeds.shape[1]
+        positions = torch.arange(L, device=embeds.device).expand(B, L)
+        hidden = self.lang_model(embeds, positions, AttentionLayout(key_padding_mask=mm_mask))
+        logits = self.lang_model.lm_head(hidden)
+        loss = loss_ops.causal_lm_loss(logits, mm_labels) if mm_labels is not None else None
+        return XGenMMOutput(loss=loss, logits=logits if return_logits else None,
+                            attention_mask=mm_mask, labels=mm_labels)
+
+    def _images_per_sample(self, vision_x, image_size, lang_x) -> list[list[torch.Tensor]]:
+        """Encode only the images whose sample has <image> tokens; returns per-sample token lists."""
+        B = lang_x.shape[0]
+        if vision_x is None:
+            return [[] for _ in range(B)]
+        if isinstance(vision_x, torch.Tensor):
+            raise TypeError("vision_x must be a list with one entry per sample (anyres tiles vary in count); "
+                            "got a single tensor")
+        if len(vision_x) != B:
+            raise ValueError(f"vision_x has {len(vision_x)} entries for a batch of {B} samples")
+        if image_size is None:
+            raise ValueError("image_size (w, h) per image is required with anyres vision_x")
+        tiles, sizes, owner = [], [], []
+        n_media = (lang_x == self.media_token_id).sum(1).tolist()
+        for i in range(B):
+            imgs, szs = vision_x[i], image_size[i]
+            if imgs is None or (isinstance(imgs, (list, tuple)) and len(imgs) == 0):
+                imgs, szs = [], []
+            elif isinstance(imgs, torch.Tensor):
+                imgs, szs = [imgs], [szs]
+            if len(imgs) != len(szs):
+                raise ValueError(f"sample {i}: {len(imgs)} images but {len(szs)} image sizes")
+            if n_media[i] > len(imgs):
+                raise ValueError(f"sample {i}: {n_media[i]} <image> tokens but only {len(imgs)} images")
+            for img, sz in list(zip(imgs, szs))[:n_media[i]]:  # images past the last <image> are unused
+                t = img[0] if img.dim() == 5 else img
+                if t.dim() != 4:
+                    raise ValueError(f"sample {i}: image tiles must be (1+n, 3, s, s), got {tuple(img.shape)}")
+                tiles.append(t)
+                sizes.append((int(sz[0]), int(sz[1])))
+                owner.append(i)
+        result: list[list[torch.Tensor]] = [[] for _ in range(B)]
+        if tiles:
+            dtype = self.vision_encoder.embeddings.patch_embedding.weight.dtype
+            pixels = torch.cat(tiles).to(device=self.device, dtype=dtype)
+            for i, tok in zip(owner, self.encode_images(pixels, [t.shape[0] for t in tiles], sizes)):
+                result[i].append(tok)
+        return result
+
+    def _build_multimodal_stream(self, lang_x, attention_mask, labels, per_sample_images):
+        """Replace each <image> id by its image tokens; right-pad embeds with the pad id's *value*,
+        the mask with 0 and labels with -100, exactly as the original stack_with_padding did."""
+        embed = self.lang_model.get_input_embeddings()
+        lang_embeds = embed(lang_x.to(self.device))
+        attention_mask = attention_mask.to(self.device)
+        labels = labels.to(self.device) if labels is not None else None
+        rows_e, rows_m, rows_l = [], [], []
+        for i in range(lang_x.shape[0]):
+            pos = (lang_x[i] == self.media_token_id).nonzero().flatten().tolist()
+            pieces_e, pieces_m, pieces_l, start = [], [], [], 0
+            for tok_idx, img_tokens in zip(pos, per_sample_images[i]):
+                n = img_tokens.shape[0]
+                pieces_e += [lang_embeds[i, start:tok_idx], img_tokens.to(lang_embeds.dtype)]
+                pieces_m += [attention_mask[i, start:tok_idx], attention_mask.new_ones(n)]
+                if labels is not None:
+                    pieces_l += [labels[i, start:tok_idx], labels.new_full((n,), IGNORE_INDEX)]
+                start = tok_idx + 1
+            pieces_e.append(lang_embeds[i, start:])
+            pieces_m.append(attention_mask[i, start:])
+            rows_e.append(torch.cat(pieces_e))
+            rows_m.append(torch.cat(pieces_m))
+            if labels is not None:
+                pieces_l.append(labels[i, start:])
+                rows_l.append(torch.cat(pieces_l))
+        L = max(r.shape[0] for r in rows_e)
+        embeds = lang_embeds.new_full((len(rows_e), L, lang_embeds.shape[-1]), float(self.pad_token_id))
+        mask = attention_mask.new_zeros(len(rows_e), L)
+        out_labels = labels.new_full((len(rows_e), L), IGNORE_INDEX) if labels is not None else None
+        for i, (e, m) in enumerate(zip(rows_e, rows_m)):
+            embeds[i, :e.shape[0]] = e
+            mask[i, :m.shape[0]] = m
+            if labels is not None:
+                out_labels[i, :rows_l[i].shape[0]] = rows_l[i]
+        return embeds, mask, out_labels

@@ -1,0 +1,7 @@
+"""Ops layer: every attention, norm, activation, RoPE and loss call of the model goes through here.
+
+Each op module registers a plain-PyTorch `reference` backend (and sometimes `sdpa`); the kernels issue
+adds Triton/CUDA/flash-attn backends to the same dispatch. `report()` says what each op runs on.
+"""
+from . import activations, attention, loss, norms, rope  # noqa: F401  (registers backends)
+from .dispatch import available_backends, backend_for, report, set_backend  # noqa: F401

@@ -1,0 +1,119 @@
+"""Attention ops: padded/batched (SigLIP, padded LM), varlen over packed sequences, and the
+perceiver's two-source attention.
+
+Layouts (flash-attention style, spelled out):
+- `attention`:          q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D); Hq % Hkv == 0 (grouped-query ready).
+- `varlen_attention`:   q (total, Hq, D), k/v (total, Hkv, D), cu_seqlens (n_seq + 1,) int32.
+- `perceiver_attention`: q (N, H, L, D) latent queries; media keys/values (N, H, M, D) with a
+  (N, M) 0/1 mask; latent keys/values (N, H, L, D) never masked.
+
+Masking semantics follow HF: causal means key j visible to query i iff j <= i; a sliding window W
+additionally requires i - j < W; key padding masks out keys whose mask entry is 0.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import dispatch
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int, head_dim_axis: int) -> torch.Tensor:
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=head_dim_axis)
+
+
+def build_attention_mask(tq: int, tk: int, *, causal: bool, sliding_window: int | None,
+                         key_padding_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+    """Boolean (B or 1, 1, Tq, Tk) mask, True = attend; None when everything is visible.
+
+    Queries are aligned to the end of the keys (decode with a cache: query i is key position tk - tq + i).
+    """
+    mask = None
+    if causal or sliding_window is not None:
+        qi = torch.arange(tq, device=device)[:, None] + (tk - tq)
+        kj = torch.arange(tk, device=device)[None, :]
+        mask = kj <= qi if causal else torch.ones(tq, tk, dtype=torch.bool, device=device)
+        if sliding_window is not None:
+            mask = mask & (qi - kj < sliding_window)
+        mask = mask[None, None]
+    if key_padding_mask is not None:
+        kp = key_padding_mask.bool()[:, None, None, :]
+        mask = kp if mask is None else mask & kp
+    return mask
+
+
+def attention_reference(q, k, v, *, causal: bool = False, key_padding_mask=None, sliding_window=None,
+                        scale: float | None = None) -> torch.Tensor:
+    """Plain softmax(q kᵀ·scale) v with fp32 softmax; rows with no visible key return zeros."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = _repeat_kv(k, n_rep, 1), _repeat_kv(v, n_rep, 1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    mask = build_attention_mask(q.shape[2], k.shape[2], causal=causal, sliding_window=sliding_window,
+                                key_padding_mask=key_padding_mask, device=q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def attention_sdpa(q, k, v, *, causal: bool = False, key_padding_mask=None, sliding_window=None,
+                   scale: float | None = None) -> torch.Tensor:
+    """torch SDPA with the same masks (fast CPU path; flash/mem-efficient kernels on GPU when maskless)."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = _repeat_kv(k, n_rep, 1), _repeat_kv(v, n_rep, 1)
+    tq, tk = q.shape[2], k.shape[2]
+    if key_padding_mask is None and sliding_window is None and (not causal or tq == tk):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal and tq > 1, scale=scale)
+    mask = build_attention_mask(tq, tk, causal=causal, sliding_window=sliding_window,
+                                key_padding_mask=key_padding_mask, device=q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    # rows without any visible key come back as NaN from SDPA; make them zeros like the reference
+    return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def varlen_attention_reference(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = True,
+                               sliding_window=None, scale: float | None = None) -> torch.Tensor:
+    """Each packed sequence attends only within itself. Loops over sequences (reference, not fast)."""
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if e == s:
+            continue
+        o = attention_reference(q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None],
+                                v[s:e].transpose(0, 1)[None], causal=causal,
+                                sliding_window=sliding_window, scale=scale)
+        out[s:e] = o[0].transpose(0, 1)
+    return out
+
+
+def perceiver_attention_reference(q, k_media, v_media, k_latent, v_latent, media_mask, scale: float):
+    """Latent queries over [media keys ; latent keys], media keys masked where media_mask == 0."""
+    k = torch.cat([k_media, k_latent], dim=2)
+    v = torch.cat([v_media, v_latent], dim=2)
+    scores = torch.matmul(q * scale, k.transpose(-1, -2))
+    if media_mask is not None:
+        keep = torch.cat([media_mask.bool(), torch.ones(media_mask.shape[0], k_latent.shape[2],
+                                                        dtype=torch.bool, device=q.device)], dim=1)
+        scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+    scores = scores - scores.amax(dim=-1, keepdim=True).detach()
+    return torch.matmul(scores.softmax(dim=-1), v)
+
+
+dispatch.register("attention", "sdpa", attention_sdpa)
+dispatch.register("attention", "reference", attention_reference)
+dispatch.register("varlen_attention", "reference", varlen_attention_reference)
+dispatch.register("perceiver_attention", "reference", perceiver_attention_reference)
+
+
+def attention(q, k, v, **kw):
+    return dispatch.call("attention", q, k, v, **kw)
+
+
+def varlen_attention(q, k, v, cu_seqlens, **kw):
+    return dispatch.call("varlen_attention", q, k, v, cu_seqlens, **kw)
+
+
+def perceiver_attention(q, k_media, v_media, k_latent, v_latent, media_mask, scale):
+    return dispatch.call("perceiver_attention", q, k_media, v_media, k_latent, v_latent, media_mask, scale)

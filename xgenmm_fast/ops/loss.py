@@ -1,0 +1,47 @@
+"""LM head and loss: the decoupled two-part biased head (SPEC §1.4) and shifted cross entropy."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import dispatch
+
+IGNORE_INDEX = -100
+
+
+def decoupled_logits_reference(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                               add_weight: torch.Tensor, add_bias: torch.Tensor | None,
+                               num_base: int) -> torch.Tensor:
+    """cat((h Wᵀ + b)[..., :num_base], h Aᵀ + a): (..., num_base + n_additional) logits."""
+    base = F.linear(h, weight[:num_base], None if bias is None else bias[:num_base])
+    extra = F.linear(h, add_weight, add_bias)
+    return torch.cat([base, extra], dim=-1)
+
+
+def causal_lm_loss_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE in fp32, mean over labelled (≠ -100) targets; logits (B, T, V), labels (B, T)."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="mean")
+
+
+def token_cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "sum"):
+    """CE of already-aligned (N, V) logits vs (N,) targets, ignoring -100 (the packed path's form)."""
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction=reduction)
+
+
+dispatch.register("decoupled_logits", "reference", decoupled_logits_reference)
+dispatch.register("causal_lm_loss", "reference", causal_lm_loss_reference)
+dispatch.register("token_cross_entropy", "reference", token_cross_entropy_reference)
+
+
+def decoupled_logits(h, weight, bias, add_weight, add_bias, num_base):
+    return dispatch.call("decoupled_logits", h, weight, bias, add_weight, add_bias, num_base)
+
+
+def causal_lm_loss(logits, labels):
+    return dispatch.call("causal_lm_loss", logits, labels)
+
+
+def token_cross_entropy(logits, targets, reduction="sum"):
+    return dispatch.call("token_cross_entropy", logits, targets, reduction)
