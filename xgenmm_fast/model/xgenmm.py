@@ -174,6 +174,32 @@ class XGenMM(nn.Module):
         return XGenMMOutput(loss=loss, logits=logits if return_logits else None,
                             attention_mask=mm_mask, labels=mm_labels)
 
+    # ---- the packed forward (no padding; what the trainer runs) ----------------------------------
+    def forward_packed(self, batch, return_logits: bool = False) -> dict:
+        """Loss over a `PackedBatch`: returns {"loss_sum", "num_targets", "loss"} (+ "logits").
+
+        `loss_sum` is the summed CE over labelled targets so that callers can form the mean over a
+        whole global batch (across accumulation steps and ranks); `loss` is the batch-local mean.
+        Logits are only computed at positions with a target unless `return_logits`.
+        """
+        embeds = self.lang_model.get_input_embeddings()(batch.input_ids)
+        if batch.media_index.numel():
+            dtype = self.vision_encoder.embeddings.patch_embedding.weight.dtype
+            tokens = self.encode_images(batch.pixel_values.to(dtype), batch.tiles_per_image, batch.image_sizes)
+            embeds = embeds.index_put((batch.media_index,), torch.cat(tokens).to(embeds.dtype))
+        hidden = self.lang_model(embeds, batch.positions, AttentionLayout(cu_seqlens=batch.cu_seqlens))
+        keep = batch.targets != IGNORE_INDEX
+        out: dict = {}
+        if return_logits:
+            out["logits"] = self.lang_model.lm_head(hidden)
+            logits = out["logits"][keep]
+        else:
+            logits = self.lang_model.lm_head(hidden[keep])
+        loss_sum = loss_ops.token_cross_entropy(logits, batch.targets[keep], reduction="sum")
+        n = keep.sum()
+        out.update(loss_sum=loss_sum, num_targets=n, loss=loss_sum / n.clamp_min(1))
+        return out
+
     def _images_per_sample(self, vision_x, image_size, lang_x) -> list[list[torch.Tensor]]:
         """Encode only the images whose sample has <image> tokens; returns per-sample token lists."""
         B = lang_x.shape[0]

@@ -64,7 +64,8 @@ def attention_sdpa(q, k, v, *, causal: bool = False, key_padding_mask=None, slid
     n_rep = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, n_rep, 1), _repeat_kv(v, n_rep, 1)
     tq, tk = q.shape[2], k.shape[2]
-    if key_padding_mask is None and sliding_window is None and (not causal or tq == tk):
+    window_inactive = sliding_window is None or max(tq, tk) <= sliding_window
+    if key_padding_mask is None and window_inactive and (not causal or tq == tk):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal and tq > 1, scale=scale)
     mask = build_attention_mask(tq, tk, causal=causal, sliding_window=sliding_window,
                                 key_padding_mask=key_padding_mask, device=q.device)
@@ -73,19 +74,28 @@ def attention_sdpa(q, k, v, *, causal: bool = False, key_padding_mask=None, slid
     return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-def varlen_attention_reference(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = True,
-                               sliding_window=None, scale: float | None = None) -> torch.Tensor:
-    """Each packed sequence attends only within itself. Loops over sequences (reference, not fast)."""
-    out = torch.empty_like(q)
+def _varlen_by_sequence(dense_fn, q, k, v, cu_seqlens, causal, sliding_window, scale):
     bounds = cu_seqlens.tolist()
+    outs = []
     for s, e in zip(bounds[:-1], bounds[1:]):
         if e == s:
             continue
-        o = attention_reference(q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None],
-                                v[s:e].transpose(0, 1)[None], causal=causal,
-                                sliding_window=sliding_window, scale=scale)
-        out[s:e] = o[0].transpose(0, 1)
-    return out
+        o = dense_fn(q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None], v[s:e].transpose(0, 1)[None],
+                     causal=causal, sliding_window=sliding_window, scale=scale)
+        outs.append(o[0].transpose(0, 1))
+    return torch.cat(outs) if outs else q.new_empty(q.shape)
+
+
+def varlen_attention_reference(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = True,
+                               sliding_window=None, scale: float | None = None) -> torch.Tensor:
+    """Each packed sequence attends only within itself. Loops over sequences (reference, not fast)."""
+    return _varlen_by_sequence(attention_reference, q, k, v, cu_seqlens, causal, sliding_window, scale)
+
+
+def varlen_attention_sdpa(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = True,
+                          sliding_window=None, scale: float | None = None) -> torch.Tensor:
+    """Per-sequence torch SDPA (the CPU fallback; GPU backends replace it)."""
+    return _varlen_by_sequence(attention_sdpa, q, k, v, cu_seqlens, causal, sliding_window, scale)
 
 
 def perceiver_attention_reference(q, k_media, v_media, k_latent, v_latent, media_mask, scale: float):
@@ -103,6 +113,7 @@ def perceiver_attention_reference(q, k_media, v_media, k_latent, v_latent, media
 
 dispatch.register("attention", "sdpa", attention_sdpa)
 dispatch.register("attention", "reference", attention_reference)
+dispatch.register("varlen_attention", "sdpa", varlen_attention_sdpa)
 dispatch.register("varlen_attention", "reference", varlen_attention_reference)
 dispatch.register("perceiver_attention", "reference", perceiver_attention_reference)
 

@@ -1,0 +1,107 @@
+"""The packed forward equals running each sample alone through the original-style padded path."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xgenmm_fast.data.packed import StreamSample, pack_samples, stream_length
+from xgenmm_fast.ops import dispatch
+
+from ._tiny import random_text, random_tiles, sizes_for_every_grid, tiny_model
+
+RTOL = 1e-5
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def _samples(model, gen):
+    sizes = list(sizes_for_every_grid(model.config.tile_size).values())
+    spec = [[sizes[0]], [], [sizes[1], sizes[3]], [sizes[2]], [], [sizes[4]]]
+    lens = [14, 1, 23, 9, 30, 6]
+    out = []
+    for i, (imgs, n) in enumerate(zip(spec, lens)):
+        ids = random_text(model, n + len(imgs), gen, n_images=len(imgs))
+        labels = ids.clone()
+        labels[ids == model.media_token_id] = -100
+        labels[: (n // 2)] = -100
+        out.append(StreamSample(ids.tolist(), labels.tolist(), [random_tiles(model, s, gen)[0] for s in imgs],
+                                list(imgs), sample_id=f"s{i}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("tiny_wide", seed=21)
+
+
+@pytest.mark.parametrize("varlen_backend", ["reference", "sdpa"])
+def test_packed_equals_per_sample_padded(model, varlen_backend):
+    dispatch.set_backend("varlen_attention", varlen_backend)
+    try:
+        gen = torch.Generator().manual_seed(4)
+        samples = _samples(model, gen)
+        L = model.config.perceiver.num_latents
+        batch = pack_samples(samples, model.media_token_id, L)
+        assert batch.num_truncated == 0
+        assert batch.num_tokens == sum(stream_length(s.input_ids, [t.shape[0] for t in s.tiles],
+                                                     model.media_token_id, L) for s in samples)
+        with torch.no_grad():
+            packed = model.forward_packed(batch, return_logits=True)
+        total_loss, total_n = 0.0, 0
+        for i, s in enumerate(samples):
+            ids = torch.tensor(s.input_ids)[None]
+            labels = torch.tensor(s.labels)[None]
+            with torch.no_grad():
+                alone = model(vision_x=[s.tiles] if s.tiles else None, lang_x=ids, labels=labels,
+                              image_size=[s.image_sizes] if s.tiles else None)
+            a, b = batch.cu_seqlens[i].item(), batch.cu_seqlens[i + 1].item()
+            assert rel_err(packed["logits"][a:b], alone.logits[0]) < RTOL, s.sample_id
+            n = int((labels[0, 1:] != -100).sum())
+            total_loss += alone.loss.item() * n if n else 0.0  # mean over no target is NaN
+            total_n += n
+        assert packed["num_targets"].item() == total_n
+        assert abs(packed["loss_sum"].item() - total_loss) < RTOL * total_loss
+    finally:
+        dispatch.set_backend("varlen_attention", None)
+
+
+def test_packed_gradients_match_padded(model):
+    gen = torch.Generator().manual_seed(8)
+    samples = _samples(model, gen)[:3]
+    L = model.config.perceiver.num_latents
+    batch = pack_samples(samples, model.media_token_id, L)
+    params = [model.vision_tokenizer.latents, model.lang_model.lm_head.weight,
+              model.lang_model.model.layers[0].self_attn.qkv_proj.weight]
+    model.zero_grad()
+    model.forward_packed(batch)["loss_sum"].backward()
+    packed_grads = [p.grad.clone() for p in params]
+    model.zero_grad()
+    for s in samples:
+        out = model(vision_x=[s.tiles] if s.tiles else None, lang_x=torch.tensor(s.input_ids)[None],
+                    labels=torch.tensor(s.labels)[None], image_size=[s.image_sizes] if s.tiles else None)
+        n = int((torch.tensor(s.labels)[1:] != -100).sum())
+        if n:
+            (out.loss * n).backward()
+    for p, g in zip(params, packed_grads):
+        assert rel_err(g, p.grad) < 1e-5
+    model.zero_grad()
+
+
+def test_truncation_never_splits_an_image(model):
+    gen = torch.Generator().manual_seed(9)
+    s = _samples(model, gen)[2]  # two images
+    L = model.config.perceiver.num_latents
+    first_img_at = s.input_ids.index(model.media_token_id)
+    budget = first_img_at + L * s.tiles[0].shape[0] + 2  # first image fits, second doesn't
+    batch = pack_samples([s], model.media_token_id, L, max_tokens=budget)
+    assert batch.num_truncated == 1 and batch.num_tokens <= budget
+    assert batch.tiles_per_image == [s.tiles[0].shape[0]]
+    assert batch.media_index.numel() == L * s.tiles[0].shape[0]
+
+
+def test_more_image_tokens_than_images_is_an_error(model):
+    s = StreamSample([5, model.media_token_id, 6], [5, -100, 6], [], [], sample_id="bad")
+    with pytest.raises(ValueError, match="bad"):
+        pack_samples([s], model.media_token_id, 4)
