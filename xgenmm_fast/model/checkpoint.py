@@ -148,12 +148,18 @@ def load_pretrained(cls, path: str, config: Any = None, dtype: torch.dtype | Non
 def save_pretrained(model, out_dir: str, max_shard_size: int = 5 * 2**30) -> None:
     """Write config.json + safetensors with `vlm.`-prefixed original key names, atomically: files go
     to a temporary sibling directory that replaces `out_dir` only once complete."""
+    save_state_dict_hf(model.config, model.state_dict(), out_dir, max_shard_size)
+
+
+def save_state_dict_hf(config: XGenMMConfig, state_dict: dict[str, torch.Tensor], out_dir: str,
+                       max_shard_size: int = 5 * 2**30) -> None:
+    """`save_pretrained` for a bare state dict (unprefixed keys), e.g. one gathered from ZeRO shards."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
     try:
-        tensors = {HF_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        tensors = {HF_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         shards, cur, cur_size = [], {}, 0
         for k, v in tensors.items():
             n = v.numel() * v.element_size()
@@ -174,7 +180,7 @@ def save_pretrained(model, out_dir: str, max_shard_size: int = 5 * 2**30) -> Non
             total = sum(v.numel() * v.element_size() for v in tensors.values())
             with open(os.path.join(tmp, SAFE_INDEX), "w", encoding="utf-8") as f:
                 json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-        cfg = model.config.to_hf_dict()
+        cfg = config.to_hf_dict()
         dtypes = {v.dtype for v in tensors.values()}
         if len(dtypes) == 1:
             cfg["torch_dtype"] = str(dtypes.pop()).replace("torch.", "")

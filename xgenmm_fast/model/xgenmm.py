@@ -149,7 +149,7 @@ class XGenMM(nn.Module):
 
     # ---- the original's forward ------------------------------------------------------------------
     def forward(self, vision_x=None, lang_x: torch.Tensor | None = None, attention_mask=None, labels=None,
-                image_size=None, return_logits: bool = True, **unused) -> XGenMMOutput:
+                image_size=None, return_logits: bool = True, packed=None, **unused):
         """Original call form (SPEC, issue 2 §5).
 
         vision_x: None, or a list with one entry per sample: a tile tensor (1, 1+n, 3, s, s) or
@@ -157,7 +157,10 @@ class XGenMM(nn.Module):
         image_size: matching (w, h) per image (a list per sample when vision_x is nested).
         lang_x, attention_mask, labels: (B, T) with `<image>` ids where images go.
         Returns logits over the multimodal sequence (B, L, V), right-padded, and the mean shifted CE.
+        `packed=PackedBatch` runs `forward_packed` instead (the form DeepSpeed's engine calls).
         """
+        if packed is not None:
+            return self.forward_packed(packed)
         if lang_x is None:
             raise ValueError("lang_x (B, T) token ids are required")
         B = lang_x.shape[0]

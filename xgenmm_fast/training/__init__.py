@@ -1,0 +1,1 @@
+"""Sequence-packed SFT on DeepSpeed: config, schedule, batches, checkpoints, metrics, the loop."""
