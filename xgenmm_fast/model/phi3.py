@@ -36,6 +36,7 @@ class DecoupledEmbedding(nn.Module):
         self.additional_embedding = nn.Embedding(num_additional, dim)
         self.num_base, self.padding_idx = num_base, padding_idx
         nn.init.normal_(self.weight, std=0.02)
+        nn.init.normal_(self.additional_embedding.weight, std=0.02)  # as the original created them
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         is_added = ids >= self.num_base
@@ -56,6 +57,8 @@ class DecoupledLinear(nn.Module):
         self.additional_fc = nn.Linear(dim, num_additional)
         self.num_base = num_base
         nn.init.normal_(self.weight, std=0.02)
+        nn.init.normal_(self.additional_fc.weight, std=0.02)
+        nn.init.zeros_(self.additional_fc.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return loss.decoupled_logits(h, self.weight, self.bias, self.additional_fc.weight,

@@ -24,7 +24,6 @@ from omegaconf import OmegaConf
 
 from .. import XGenMM, XGenMMConfig
 from ..data.tokenizer import build_tiny_tokenizer, load_tokenizer
-from ..model.init import init_random_weights
 from . import batches as batching
 from .checkpointing import CheckpointManager, write_json_atomic
 from .distributed import init_distributed
@@ -81,8 +80,8 @@ def build_model(cfg, info) -> XGenMM:
     mc.text.bos_token_id = info.bos_token_id if info.bos_token_id is not None else mc.text.bos_token_id
     mc.text.eos_token_id = info.end_token_id if info.end_token_id is not None else info.eos_token_id
     mc.text.vocab_size = max(mc.text.vocab_size, info.initial_tokenizer_len)
-    torch.manual_seed(cfg.model.seed)
-    return init_random_weights(XGenMM(mc), seed=cfg.model.seed)
+    torch.manual_seed(cfg.model.seed)  # a fresh model: the modules' own (original-like) initialisation
+    return XGenMM(mc)
 
 
 def build_dataset(cfg, tokenizer, info, model_config):
@@ -152,6 +151,8 @@ def train(cfg) -> TrainResult:
     model.vision_encoder.requires_grad_(not cfg.model.freeze_vision)
     model.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
     mcfg = model.config
+    if rank == 0:  # lets `xgenmm-fast export` rebuild the model from any checkpoint of this run
+        write_json_atomic(os.path.join(out_dir, "model_config.json"), mcfg.to_hf_dict())
 
     dataset = build_dataset(cfg, tokenizer, info, mcfg)
     lengths = dataset.estimate_lengths()

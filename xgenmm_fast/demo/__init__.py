@@ -1,0 +1,1 @@
+"""Bundled synthetic demo data (shapes, colours, counts) and the demo command."""

@@ -1,0 +1,1 @@
+"""Inference: prompts with images -> answers."""
