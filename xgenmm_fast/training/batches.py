@@ -64,7 +64,7 @@ class _MicroBatchDataset(Dataset):
                 if isinstance(item, StreamSample):
                     samples.append(item)
                 else:  # a BadSample: reported, never raised here (the loop decides: skip or fail fast)
-                    skipped.append((idx, getattr(item, "sample_id", ""), getattr(item, "source", ""),
+                    skipped.append((idx, getattr(item, "sample_id", ""), getattr(item, "location", ""),
                                     getattr(item, "reason", str(item))))
         batch = pack_samples(samples, self.media_token_id, self.tokens_per_tile, max_tokens=self.max_tokens)
         return batch, skipped

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from .. import XGenMM, XGenMMConfig
 from ..data.tokenizer import build_tiny_tokenizer, load_tokenizer
 from . import batches as batching
+from . import faults
 from .checkpointing import CheckpointManager, write_json_atomic
 from .distributed import init_distributed
 from .metrics import MetricsWriter, plot_loss_curve
@@ -158,10 +159,12 @@ def train(cfg) -> TrainResult:
     lengths = dataset.estimate_lengths()
     bad = dict(dataset.bad_records)
     if bad and cfg.train.fail_fast:
-        first = next(iter(bad.items()))
-        raise ValueError(f"{len(bad)} bad records (fail_fast): first is #{first[0]}: {first[1]}")
-    for idx, reason in list(bad.items())[:20]:
-        log.warning("skipping record #%d: %s", idx, reason)
+        first = dataset.bad_sample(*next(iter(bad.items())))
+        raise ValueError(f"{len(bad)} bad records (fail_fast): first is {first}")
+    for idx, reason in list(bad.items())[:50]:
+        log.warning("skipping record %s", dataset.bad_sample(idx, reason))
+    if len(bad) > 50:
+        log.warning("... and %d more bad records (run `xgenmm-fast validate` for the full list)", len(bad) - 50)
     good = [i for i in range(len(lengths)) if i not in bad]
     if not good:
         raise ValueError(f"no usable records in {cfg.data.data_path} ({len(bad)} bad)")
@@ -187,7 +190,7 @@ def train(cfg) -> TrainResult:
     pixel_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"), cfg.train.keep_last)
-    start_step, counters = 0, {"skipped_records": 0, "nonfinite_skips": 0, "truncated": 0}
+    start_step, counters = 0, {"nonfinite_skips": 0, "truncated": 0, "skipped_at_load": []}
     resume_from = None
     if cfg.train.resume == "auto":
         latest = ckpt.latest()
@@ -199,6 +202,9 @@ def train(cfg) -> TrainResult:
         start_step = int(client.get("step", 0))
         counters.update(client.get("counters", {}))
         log.info("resumed from %s at step %d", resume_from, start_step)
+    # records skipped: found bad by the scan before training, or failing to load during it (each once)
+    skipped_at_load = set(counters["skipped_at_load"])
+    skipped_total = lambda: len(bad) + len(skipped_at_load)  # noqa: E731
 
     metrics = MetricsWriter(out_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard,
                             resume=resume_from is not None)
@@ -220,9 +226,9 @@ def train(cfg) -> TrainResult:
         for mb in micro:
             for idx, sid, src, reason in mb.skipped:
                 if cfg.train.fail_fast:
-                    raise ValueError(f"bad record #{idx} id={sid!r} ({src}): {reason}")
-                log.warning("step %d: skipping record #%d id=%r (%s): %s", step, idx, sid, src, reason)
-            counters["skipped_records"] += len(mb.skipped)
+                    raise ValueError(f"bad record #{idx} id={sid!r} ({src}) (fail_fast): {reason}")
+                log.warning("step %d: skipping record %s id=%r: %s", step + 1, src, sid, reason)
+                skipped_at_load.add(idx)
             counters["truncated"] += mb.batch.num_truncated
         n_global = _all_sum(sum(mb.batch.num_target_tokens for mb in micro), device)
         loss_sum_local, tokens_local, samples_local = 0.0, 0, 0
@@ -230,10 +236,14 @@ def train(cfg) -> TrainResult:
             batch = mb.batch.to(device, dtype=pixel_dtype)
             out = engine(packed=batch)
             loss_sum = out["loss_sum"]
-            if not torch.isfinite(loss_sum):  # this micro-batch contributes nothing (see module doc)
+            if faults.nan_now(step + 1, mb.micro):
+                loss_sum = loss_sum * float("nan")
+            # all ranks skip together (ZeRO-3 needs every rank to run the same forwards and backwards)
+            nonfinite = _all_sum(0 if torch.isfinite(loss_sum) else 1, device) > 0
+            if nonfinite:  # this micro-batch contributes nothing (see module doc)
                 counters["nonfinite_skips"] += 1
-                log.warning("step %d: non-finite loss on micro-batch %d (samples %s): skipped",
-                            step, mb.micro, mb.batch.sample_ids[:8])
+                log.warning("step %d: non-finite loss on micro-batch %d (samples %s on some rank): skipped",
+                            step + 1, mb.micro, mb.batch.sample_ids[:8])
                 loss = engine(packed=_empty_like(batch))["loss_sum"] * 0.0
             else:
                 loss = loss_sum * (world * cfg.train.grad_accum / max(n_global, 1.0))
@@ -252,7 +262,7 @@ def train(cfg) -> TrainResult:
             lr = scheduler.get_last_lr()[0]
             row = {"loss": loss_global, "lr": lr, "tokens_per_s": tokens_global / dt,
                    "samples_per_s": samples_global / dt, "labelled_tokens": n_global,
-                   "skipped_records": counters["skipped_records"], "nonfinite_skips": counters["nonfinite_skips"],
+                   "skipped_records": skipped_total(), "nonfinite_skips": counters["nonfinite_skips"],
                    "truncated_samples": counters["truncated"]}
             metrics.log(step, row)
             if bar is not None:
@@ -262,7 +272,10 @@ def train(cfg) -> TrainResult:
             bar.update(1)
         stop = _all_sum(1 if interrupt.requested else 0, device) > 0
         if stop or (cfg.train.save_every and step % cfg.train.save_every == 0) or step == total_steps:
+            skipped_at_load = _union_across_ranks(skipped_at_load)
+            counters["skipped_at_load"] = sorted(skipped_at_load)
             ckpt.save(engine, step, {"step": step, "counters": counters})
+        faults.maybe_kill(step)
         if stop:
             interrupted = True
             log.warning("SIGTERM: saved checkpoint at step %d, exiting", step)
@@ -272,6 +285,7 @@ def train(cfg) -> TrainResult:
     interrupt.restore()
     metrics.close()
 
+    skipped_at_load = _union_across_ranks(skipped_at_load)
     hf_dir = None
     if not interrupted and cfg.train.export_hf:
         hf_dir = os.path.join(out_dir, "hf")
@@ -280,15 +294,23 @@ def train(cfg) -> TrainResult:
             tokenizer.save_pretrained(os.path.join(hf_dir))
     if rank == 0:
         plot_loss_curve(os.path.join(out_dir, "metrics.jsonl"), os.path.join(out_dir, "loss_curve.png"))
-        result = TrainResult(out_dir, step, last_loss, counters["skipped_records"], counters["nonfinite_skips"],
+        result = TrainResult(out_dir, step, last_loss, skipped_total(), counters["nonfinite_skips"],
                              counters["truncated"], efficiency, hf_dir, interrupted)
         write_json_atomic(os.path.join(out_dir, "result.json"), result.__dict__)
     else:
-        result = TrainResult(out_dir, step, last_loss, counters["skipped_records"], counters["nonfinite_skips"],
+        result = TrainResult(out_dir, step, last_loss, skipped_total(), counters["nonfinite_skips"],
                              counters["truncated"], efficiency, hf_dir, interrupted)
     if dist.is_initialized():
         dist.barrier()
     return result
+
+
+def _union_across_ranks(items: set) -> set:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return set(items)
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, sorted(items))
+    return set().union(*map(set, parts))
 
 
 def _empty_like(batch):
