@@ -1,0 +1,249 @@
+// Python module xgenmm_fast._C: torch/pybind11 front of the pure C++ cores in csrc/.
+//
+// Anyres preprocessing (csrc/anyres): images arrive as CPU tensors (zero-copy views of numpy arrays),
+// uint8 (H, W) | (H, W, C in 1..4) or uint16 (H, W) ("I;16"); output is one (total_tiles, 3, s, s)
+// tensor, float32 or (via a caller-allocated `out`) bfloat16 / float16.
+#include <torch/extension.h>
+
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "anyres/anyres.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace ax = xgenmm::anyres;
+
+namespace {
+
+using IntPair = std::pair<int64_t, int64_t>;
+
+int checked_int(int64_t v, const char* what) {
+  TORCH_CHECK_VALUE(v > 0 && v <= std::numeric_limits<int>::max(), what, " must be a positive int32, got ", v);
+  return static_cast<int>(v);
+}
+
+std::vector<ax::Size2> to_grids(const std::vector<IntPair>& grids) {
+  TORCH_CHECK_VALUE(!grids.empty(), "grids must be a non-empty list of (width, height) pairs");
+  std::vector<ax::Size2> out;
+  out.reserve(grids.size());
+  for (const IntPair& g : grids) out.push_back({checked_int(g.first, "grid width"), checked_int(g.second, "grid height")});
+  return out;
+}
+
+ax::PassOrder to_pass_order(const std::string& order) {
+  if (order == "pillow") return ax::PassOrder::kPillow;
+  if (order == "horizontal_first") return ax::PassOrder::kHorizontalFirst;
+  TORCH_CHECK_VALUE(false, "pass_order must be 'pillow' or 'horizontal_first', got '", order, "'");
+  return ax::PassOrder::kPillow;
+}
+
+ax::Size2 to_size(const IntPair& s, const char* what) {
+  return {checked_int(s.first, what), checked_int(s.second, what)};
+}
+
+// A fresh output tensor. Its pages are first touched by our writes; for a batch of several MB,
+// faulting them in 4 KiB at a time costs about as much as computing the tiles, so ask for
+// transparent huge pages on the 2 MiB-aligned part first (harmless where THP is off).
+at::Tensor new_output(at::IntArrayRef sizes, at::ScalarType dtype) {
+  at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(dtype));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t end = begin + t.nbytes();
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return t;
+}
+
+// The tensor must stay alive (and contiguous) while the view is used.
+ax::ImageView to_view(const at::Tensor& t, size_t index) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "anyres_preprocess: image ", index, " is on ", t.device(),
+                    "; expected a CPU tensor");
+  TORCH_CHECK_VALUE(t.is_contiguous(), "anyres_preprocess: image ", index, " must be contiguous");
+  ax::ImageView v{};
+  const int64_t channels = t.dim() == 3 ? t.size(2) : (t.dim() == 2 ? 1 : -1);
+  TORCH_CHECK_VALUE(channels >= 1, "anyres_preprocess: image ", index, " has shape ", t.sizes(),
+                    "; expected (H, W) or (H, W, C)");
+  if (t.scalar_type() == at::kByte) {
+    switch (channels) {
+      case 1: v.format = ax::PixelFormat::kL8; break;
+      case 2: v.format = ax::PixelFormat::kLA8; break;
+      case 3: v.format = ax::PixelFormat::kRGB8; break;
+      case 4: v.format = ax::PixelFormat::kRGBA8; break;
+      default:
+        TORCH_CHECK_VALUE(false, "anyres_preprocess: image ", index, " has ", channels,
+                          " channels; expected 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)");
+    }
+  } else if (t.scalar_type() == at::kUInt16) {
+    TORCH_CHECK_VALUE(channels == 1, "anyres_preprocess: uint16 image ", index, " has ", channels,
+                      " channels; expected a single-channel I;16 image");
+    v.format = ax::PixelFormat::kI16;
+  } else {
+    TORCH_CHECK_VALUE(false, "anyres_preprocess: image ", index, " has dtype ", t.scalar_type(),
+                      "; expected uint8 or uint16");
+  }
+  v.height = checked_int(t.size(0), "image height");
+  v.width = checked_int(t.size(1), "image width");
+  v.data = t.data_ptr();
+  return v;
+}
+
+std::tuple<at::Tensor, std::vector<int64_t>, std::vector<IntPair>> anyres_preprocess(
+    const std::vector<at::Tensor>& images, const std::vector<IntPair>& grids, int64_t tile,
+    const std::vector<double>& mean, const std::vector<double>& stdv, int64_t num_threads,
+    std::optional<at::Tensor> out, const std::string& pass_order) {
+  const ax::PassOrder order = to_pass_order(pass_order);
+  TORCH_CHECK_VALUE(mean.size() == 3 && stdv.size() == 3, "mean and std must have 3 values (R, G, B), got ",
+                    mean.size(), " and ", stdv.size());
+  const int s = checked_int(tile, "tile");
+  const std::vector<ax::Size2> g = to_grids(grids);
+
+  std::vector<at::Tensor> keep;  // contiguous copies (usually the inputs themselves)
+  keep.reserve(images.size());
+  std::vector<ax::ImageView> views;
+  views.reserve(images.size());
+  for (size_t i = 0; i < images.size(); ++i) {
+    keep.push_back(images[i].contiguous());
+    views.push_back(to_view(keep.back(), i));
+  }
+  const ax::BatchPlan plan = ax::plan_batch(views, g, s);
+
+  at::Tensor result;
+  if (out.has_value()) {
+    result = *out;
+    TORCH_CHECK_VALUE(result.device().is_cpu() && result.is_contiguous(),
+                      "anyres_preprocess: out must be a contiguous CPU tensor");
+    TORCH_CHECK_VALUE(result.dim() == 4 && result.size(0) == plan.total_tiles && result.size(1) == 3 &&
+                          result.size(2) == s && result.size(3) == s,
+                      "anyres_preprocess: out has shape ", result.sizes(), "; expected (", plan.total_tiles,
+                      ", 3, ", s, ", ", s, ")");
+  } else {
+    result = new_output({plan.total_tiles, 3, s, s}, at::kFloat);
+  }
+  const at::ScalarType dtype = result.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+                    "anyres_preprocess: out dtype ", dtype, " not supported; expected float32, bfloat16 or float16");
+
+  float mean_f[3], std_f[3];
+  for (int c = 0; c < 3; ++c) {
+    mean_f[c] = static_cast<float>(mean[c]);
+    std_f[c] = static_cast<float>(stdv[c]);
+  }
+  ax::NormalizeLut<float> lut = ax::make_normalize_lut(mean_f, std_f);
+  const int threads = static_cast<int>(num_threads);
+
+  if (dtype == at::kFloat) {
+    float* dst = result.data_ptr<float>();
+    pybind11::gil_scoped_release no_gil;
+    ax::anyres_preprocess(views, s, plan, lut, dst, threads, order);
+  } else {
+    // 16-bit output: round each of the 3 x 256 float values exactly as tensor.to(dtype) would.
+    static_assert(sizeof(lut) == 3 * 256 * sizeof(float), "NormalizeLut must be a dense 3 x 256 array");
+    at::Tensor lut_f = at::from_blob(lut.data(), {3, 256}, at::kFloat).to(dtype).contiguous();
+    ax::NormalizeLut<uint16_t> lut16;
+    static_assert(sizeof(lut16) == 3 * 256 * sizeof(uint16_t), "NormalizeLut must be a dense 3 x 256 array");
+    std::memcpy(lut16.data(), lut_f.data_ptr(), sizeof(lut16));
+    uint16_t* dst = static_cast<uint16_t*>(result.data_ptr());
+    pybind11::gil_scoped_release no_gil;
+    ax::anyres_preprocess(views, s, plan, lut16, dst, threads, order);
+  }
+
+  std::vector<IntPair> shapes;
+  shapes.reserve(plan.grid_shapes.size());
+  for (const ax::Size2& sh : plan.grid_shapes) shapes.emplace_back(sh.w, sh.h);
+  return {result, plan.tiles_per_image, shapes};
+}
+
+std::vector<at::Tensor> anyres_feature_masks(const std::vector<IntPair>& image_sizes, const std::vector<IntPair>& grids,
+                                             int64_t tile, int64_t g) {
+  const std::vector<ax::Size2> gr = to_grids(grids);
+  const int s = checked_int(tile, "tile");
+  const int gi = checked_int(g, "g");
+  std::vector<at::Tensor> out;
+  out.reserve(image_sizes.size());
+  for (const IntPair& sz : image_sizes) {
+    std::vector<float> m = ax::anyres_feature_mask(to_size(sz, "image size"), gr, s, gi);
+    const int64_t rows = static_cast<int64_t>(m.size()) / (static_cast<int64_t>(gi) * gi);
+    at::Tensor t = at::empty({rows, static_cast<int64_t>(gi) * gi}, at::kFloat);
+    std::memcpy(t.data_ptr<float>(), m.data(), m.size() * sizeof(float));
+    out.push_back(t);
+  }
+  return out;
+}
+
+IntPair best_grid(const IntPair& image_size, const std::vector<IntPair>& grids) {
+  const ax::Size2 r = ax::select_best_resolution(to_size(image_size, "image size"), to_grids(grids));
+  return {r.w, r.h};
+}
+
+IntPair grid_shape(const IntPair& image_size, const std::vector<IntPair>& grids, int64_t tile) {
+  const ax::Size2 r = ax::grid_shape(to_size(image_size, "image size"), to_grids(grids), checked_int(tile, "tile"));
+  return {r.w, r.h};
+}
+
+std::tuple<int64_t, int64_t, int64_t, int64_t> resize_and_pad_geometry(const IntPair& image_size,
+                                                                       const IntPair& target) {
+  const ax::ResizePad r = ax::resize_and_pad_geometry(to_size(image_size, "image size"), to_size(target, "target"));
+  return {r.new_w, r.new_h, r.paste_x, r.paste_y};
+}
+
+std::pair<std::string, int64_t> feature_map_padding(const IntPair& image_size, int64_t map_w, int64_t map_h) {
+  const ax::MapPadding p =
+      ax::feature_map_padding(to_size(image_size, "image size"), checked_int(map_w, "map_w"), checked_int(map_h, "map_h"));
+  return {p.rows ? "rows" : "cols", p.pad};
+}
+
+at::Tensor resize_bicubic(const at::Tensor& image, const IntPair& size, const std::string& pass_order) {
+  const ax::PassOrder order = to_pass_order(pass_order);
+  const at::Tensor img = image.contiguous();
+  const ax::ImageView v = to_view(img, 0);
+  const int w = checked_int(size.first, "width"), h = checked_int(size.second, "height");
+  at::Tensor out = at::empty({h, w, 3}, at::kByte);
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  {
+    pybind11::gil_scoped_release no_gil;
+    ax::resize_bicubic_rgb(v, w, h, dst, order);
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "xgenmm_fast C++ extension (anyres image preprocessing; CUDA kernels when built with CUDA)";
+  m.def("anyres_preprocess", &anyres_preprocess, pybind11::arg("images"), pybind11::arg("grids"),
+        pybind11::arg("tile"), pybind11::arg("mean"), pybind11::arg("std"), pybind11::arg("num_threads") = 0,
+        pybind11::arg("out") = pybind11::none(), pybind11::arg("pass_order") = "pillow",
+        "Anyres tiles of a batch of images.\n\n"
+        "images: list of CPU tensors, uint8 (H, W) / (H, W, C) with C in 1..4 (L, LA, RGB, RGBA) or uint16 (H, W) "
+        "(I;16); grids: [(width, height)] in pixels, multiples of tile; mean/std: 3 floats each; num_threads: 0 = "
+        "all cores; out: optional contiguous (total_tiles, 3, tile, tile) float32/bfloat16/float16 tensor; "
+        "pass_order: 'pillow' (Pillow 13: vertical pass first when the height shrinks > 2x the width change) or "
+        "'horizontal_first' (older Pillow).\n"
+        "Returns (pixel_values (total_tiles, 3, tile, tile), tiles_per_image [1 + n per image], grid_shapes "
+        "[(tiles across, tiles down) per image]); per image the tiles are [base, tile_0, ..., tile_{n-1}].");
+  m.def("anyres_feature_masks", &anyres_feature_masks, pybind11::arg("image_sizes"), pybind11::arg("grids"),
+        pybind11::arg("tile"), pybind11::arg("g"),
+        "Per image a float32 (1 + n, g*g) perceiver mask: base row all ones, then the (nph*g, npw*g) feature-map "
+        "mask flattened row-major in n chunks of g*g (SPEC 3.5 grouping quirk).");
+  m.def("best_grid", &best_grid, pybind11::arg("image_size"), pybind11::arg("grids"),
+        "Best grid (width, height) for an image (W, H).");
+  m.def("grid_shape", &grid_shape, pybind11::arg("image_size"), pybind11::arg("grids"), pybind11::arg("tile"),
+        "Tiles (across, down) of the best grid.");
+  m.def("resize_and_pad_geometry", &resize_and_pad_geometry, pybind11::arg("image_size"), pybind11::arg("target"),
+        "(new_w, new_h, paste_x, paste_y).");
+  m.def("feature_map_padding", &feature_map_padding, pybind11::arg("image_size"), pybind11::arg("map_w"),
+        pybind11::arg("map_h"), "('rows' | 'cols', pad).");
+  m.def("resize_bicubic", &resize_bicubic, pybind11::arg("image"), pybind11::arg("size"),
+        pybind11::arg("pass_order") = "pillow",
+        "Pillow-exact image.convert('RGB').resize((w, h), BICUBIC) -> uint8 (h, w, 3).");
+}
