@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "anyres/anyres.h"
+#include "packing/planner_py.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -246,4 +247,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("resize_bicubic", &resize_bicubic, pybind11::arg("image"), pybind11::arg("size"),
         pybind11::arg("pass_order") = "pillow",
         "Pillow-exact image.convert('RGB').resize((w, h), BICUBIC) -> uint8 (h, w, 3).");
+  m.def("plan_rows_ffd", &xgenmm::packing::plan_rows_ffd_py, pybind11::arg("lengths"), pybind11::arg("budget"),
+        "First-fit-decreasing rows of sample indices, identical to xgenmm_fast.data.planner.plan_rows_reference.\n\n"
+        "lengths: list[int] or 1-D integer tensor of token counts (>= 0); budget: tokens per row (> 0). "
+        "Returns list[list[int]]: rows in creation order, indices in placement order; a sample longer than the "
+        "budget gets a row of its own. Runs without the GIL. ValueError on budget <= 0 or a negative length.");
 }

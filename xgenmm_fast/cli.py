@@ -79,7 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _strip_launcher_args(argv: list[str]) -> list[str]:
+    """DeepSpeed's launcher appends --local_rank=N; the rank is in the environment already."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a.startswith("--local_rank=") or a.startswith("--local-rank="):
+            continue
+        elif a in ("--local_rank", "--local-rank"):
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
+    argv = _strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -1,13 +1,15 @@
 """Anyres grid arithmetic (SPEC §3): best grid, resize/pad geometry, feature-map mask.
 
-Pure Python, no tensors: both the Pillow reference path, the C++ path (which mirrors these formulas
-in csrc/) and the model's feature grouping call these. Float expressions keep the original's operation
+The Pillow reference path, the C++ path (which mirrors these formulas in csrc/) and the model's
+feature grouping all use these. Float expressions keep the original's operation
 order because the released models were trained with exactly these roundings.
 """
 from __future__ import annotations
 
 import math
 from typing import Sequence
+
+import torch
 
 TILE = 384  # SigLIP so400m/14 input size: base tile and grid cell
 GRID_MULTIPLIERS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))  # (tiles across, tiles down)
@@ -95,3 +97,24 @@ def feature_map_mask(image_size: Sequence[int], grid_shape: Sequence[int], g: in
                 for c in list(range(0, pad)) + list(range(map_w - pad, map_w)):
                     row[c] = 0
     return mask
+
+
+def anyres_feature_masks(image_size: Sequence[int], grids: Sequence[Sequence[int]] = DEFAULT_GRIDS, tile: int = TILE,
+                         g: int = TILE // 14, device=None) -> torch.Tensor:
+    """Perceiver masks (1 + n, g*g) float32 with the grouping quirk (SPEC §3.5).
+
+    Row 0 (base tile) is all ones; then the (nph*g, npw*g) feature-map mask flattened row-major and cut
+    into n consecutive chunks of g*g, which are horizontal strips of the map when npw > 1.
+    """
+    npw, nph = get_anyres_grid_shape(image_size, grids, tile)
+    map_h, map_w = nph * g, npw * g
+    mask = torch.ones(map_h, map_w, device=device)
+    axis, pad = feature_map_padding(image_size, map_w, map_h)
+    if pad > 0:
+        if axis == "rows":
+            mask[:pad] = 0
+            mask[map_h - pad:] = 0
+        else:
+            mask[:, :pad] = 0
+            mask[:, map_w - pad:] = 0
+    return torch.cat([torch.ones(1, g * g, device=device), mask.reshape(npw * nph, g * g)])

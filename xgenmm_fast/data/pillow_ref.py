@@ -28,7 +28,7 @@ from PIL import Image
 from xgenmm_fast.data.anyres import (
     DEFAULT_GRIDS,
     TILE,
-    feature_map_mask,
+    anyres_feature_masks,  # noqa: F401  (re-exported: the masks of the reference path)
     get_anyres_grid_shape,
     resize_and_pad_geometry,
     select_best_resolution,
@@ -152,15 +152,3 @@ def process_anyres_image(
     return torch.stack([processor(p) for p in [base, *patches]], dim=0)
 
 
-def anyres_feature_masks(
-    image_size: Sequence[int], grids=DEFAULT_GRIDS, tile: int = TILE, g: int = TILE // 14
-) -> torch.Tensor:
-    """Perceiver masks (1 + n, g*g) float32 with the grouping quirk (SPEC §3.5).
-
-    Row 0 (base tile) is all ones; then the (nph*g, npw*g) feature-map mask flattened row-major and
-    cut into n consecutive chunks of g*g, which are horizontal strips of the map when npw > 1.
-    """
-    shape = get_anyres_grid_shape(image_size, parse_grids(grids), tile)
-    n = shape[0] * shape[1]
-    mask = torch.tensor(feature_map_mask(image_size, shape, g), dtype=torch.float32)  # (nph*g, npw*g)
-    return torch.cat([torch.ones(g * g), mask.flatten()]).view(1 + n, g * g)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import XGenMMConfig
-from ..data.anyres import feature_map_padding, get_anyres_grid_shape
+from ..data.anyres import anyres_feature_masks, get_anyres_grid_shape
 from ..ops import loss as loss_ops
 from .perceiver import PerceiverResampler
 from .phi3 import AttentionLayout, Phi3ForCausalLM
@@ -37,24 +37,6 @@ class XGenMMOutput:
 
     def __getitem__(self, key):
         return getattr(self, key) if isinstance(key, str) else (self.loss, self.logits)[key]
-
-
-def anyres_chunk_masks(image_size: Sequence[int], grid_shape: Sequence[int], g: int,
-                       device=None) -> torch.Tensor:
-    """(1 + n, g²) 0/1 masks: the base tile's all ones, then the joint feature map's mask cut into n
-    consecutive row-major chunks of g² (the grouping quirk, SPEC §3.5)."""
-    npw, nph = grid_shape
-    map_h, map_w = nph * g, npw * g
-    mask = torch.ones(map_h, map_w, device=device)
-    axis, pad = feature_map_padding(image_size, map_w, map_h)
-    if pad > 0:
-        if axis == "rows":
-            mask[:pad] = 0
-            mask[map_h - pad:] = 0
-        else:
-            mask[:, :pad] = 0
-            mask[:, map_w - pad:] = 0
-    return torch.cat([torch.ones(1, g * g, device=device), mask.reshape(npw * nph, g * g)])
 
 
 def group_anyres_features(features: torch.Tensor, grid_shape: Sequence[int], g: int) -> torch.Tensor:
@@ -143,7 +125,8 @@ class XGenMM(nn.Module):
                                  f"(w, h) = {tuple(size)} selects a {grid_shape[0]}x{grid_shape[1]} grid; "
                                  "were the tiles made with a different grid list or image size?")
             chunks.append(group_anyres_features(f, grid_shape, g))
-            masks.append(anyres_chunk_masks(size, grid_shape, g, device=f.device))
+            masks.append(anyres_feature_masks(size, self.config.anyres_grids, self.config.tile_size, g,
+                                              device=f.device))
         tokens = self.vision_tokenizer(torch.cat(chunks), torch.cat(masks).to(feats.dtype))  # (C, L, E)
         return [t.flatten(0, 1) for t in tokens.split(list(tiles_per_image))]
 
