@@ -302,3 +302,23 @@ def test_palette_edge_cases():
     transparent.putpalette(bytes(range(36)))
     transparent.info["transparency"] = 2
     assert np.array_equal(pp.image_to_array(transparent), np.asarray(transparent.convert("RGB")))
+
+
+def test_resize_order_choices():
+    """'installed' equals the Pillow path; the two explicit orders differ somewhere on a base tile
+    that shrinks height much more than width, and bad names are rejected."""
+    import numpy as np
+    from PIL import Image
+
+    from xgenmm_fast.data.preprocess import preprocess_images
+
+    rng = np.random.default_rng(5)
+    img = Image.fromarray(rng.integers(0, 256, (1500, 400, 3), dtype=np.uint8))
+    installed = preprocess_images([img], backend="cpp").pixel_values
+    assert torch.equal(installed, preprocess_images([img], backend="pillow").pixel_values)
+    a = preprocess_images([img], backend="cpp", resize_order="pillow13").pixel_values
+    b = preprocess_images([img], backend="cpp", resize_order="horizontal_first").pixel_values
+    assert not torch.equal(a, b)
+    assert (a - b).abs().max() <= 0.25  # a few levels of 255 at most, in normalised units
+    with pytest.raises(ValueError, match="resize_order"):
+        preprocess_images([img], backend="cpp", resize_order="lanczos")

@@ -203,6 +203,7 @@ def preprocess_images(
     backend: str = "auto",
     patch: int = PATCH,
     out: torch.Tensor | None = None,
+    resize_order: str = "installed",
 ) -> AnyresBatch:
     """Anyres tiles, grid shapes and perceiver masks for a batch of images.
 
@@ -211,7 +212,13 @@ def preprocess_images(
     num_threads: C++ worker threads, 0 = all cores. patch: encoder patch size, g = tile // patch.
     out: optional contiguous (total_tiles, 3, tile, tile) float32 / bfloat16 / float16 tensor to
     write into (bfloat16 / float16 values are the float32 results rounded once).
+    resize_order (C++ path): "installed" matches the installed Pillow's bicubic resize; "pillow13" is
+    Pillow 13's pass order (vertical first when the height shrinks much more than the width);
+    "horizontal_first" is older Pillow's, which the released models were most likely trained with.
     """
+    orders = {"installed": None, "pillow13": "pillow", "horizontal_first": "horizontal_first"}
+    if resize_order not in orders:
+        raise ValueError(f"resize_order must be one of {sorted(orders)}, got {resize_order!r}")
     backend = _resolve_backend(backend)
     grid_list = [(int(g[0]), int(g[1])) for g in grids]
     if not grid_list:
@@ -228,7 +235,8 @@ def preprocess_images(
         masks_fn = _ext.cpp_function("anyres_feature_masks")
         arrays = [image_to_array(im, f"image {i}") for i, im in enumerate(images)]
         tensors = [_as_tensor(a) for a in arrays]
-        pixel_values, tiles, shapes = run(tensors, grid_list, tile, mean3, std3, num_threads, out, pillow_pass_order())
+        order = orders[resize_order] or pillow_pass_order()
+        pixel_values, tiles, shapes = run(tensors, grid_list, tile, mean3, std3, num_threads, out, order)
         masks = masks_fn(sizes, grid_list, tile, g) if sizes else []
         return AnyresBatch(
             pixel_values=pixel_values,
@@ -238,6 +246,8 @@ def preprocess_images(
             feature_masks=list(masks),
         )
 
+    if resize_order != "installed":
+        raise ValueError('resize_order applies to the C++ path; the pillow backend is the installed Pillow')
     _require_pillow('preprocess_images(backend="pillow")')
     from xgenmm_fast.data import pillow_ref
 

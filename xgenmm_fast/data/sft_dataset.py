@@ -246,6 +246,7 @@ class SFTDataset(Dataset):
 
     def __init__(self, records, tokenizer, info: TokenizerInfo, config, max_text_tokens: int = DEFAULT_MAX_LENGTH,
                  preprocess_backend: str = "auto", num_threads: int = 1, cache_tokens: bool = True,
+                 resize_order: str = "installed",
                  io_workers: int = DEFAULT_IO_WORKERS):
         if max_text_tokens <= 0:
             raise ValueError(f"max_text_tokens must be positive, got {max_text_tokens}")
@@ -255,6 +256,7 @@ class SFTDataset(Dataset):
         self.geometry = ImageGeometry.from_config(config)
         self.max_text_tokens = int(max_text_tokens)
         self.preprocess_backend = preprocess_backend
+        self.resize_order = resize_order  # see preprocess_images: "installed" | "pillow13" | "horizontal_first"
         self.num_threads = int(num_threads)
         self.cache_tokens = bool(cache_tokens)
         self.io_workers = int(io_workers)
@@ -443,7 +445,8 @@ class SFTDataset(Dataset):
             g = self.geometry
             try:
                 batch = preprocess_images(images, [list(x) for x in g.grids], g.tile_size, IMAGE_MEAN, IMAGE_STD,
-                                          self.num_threads, backend=self.preprocess_backend, patch=g.patch_size)
+                                          self.num_threads, backend=self.preprocess_backend, patch=g.patch_size,
+                                          resize_order=self.resize_order)
             except (ValueError, OSError) as e:
                 return self._mark_bad(index, f"cannot preprocess images {list(rec.image_paths)}: {e}", BAD_IMAGE_SIZE)
             tiles = list(torch.split(batch.pixel_values, [int(t) for t in batch.tiles_per_image]))

@@ -35,6 +35,7 @@ class DataSection:
     num_workers: int = 2
     eval_data_path: Optional[str] = None
     preprocess_backend: str = "auto"
+    resize_order: str = "installed"  # or "horizontal_first": older Pillow's bicubic, as the released training
 
 
 @dataclass

@@ -91,7 +91,7 @@ def build_dataset(cfg, tokenizer, info, model_config):
     path_map = load_path_map(cfg.data.image_path_map) if cfg.data.image_path_map else None
     records = load_records(cfg.data.data_path, path_map=path_map, seed=cfg.train.seed)
     return SFTDataset(records, tokenizer, info, model_config, max_text_tokens=cfg.data.max_text_tokens,
-                      preprocess_backend=cfg.data.preprocess_backend)
+                      preprocess_backend=cfg.data.preprocess_backend, resize_order=cfg.data.resize_order)
 
 
 def deepspeed_config(cfg, precision: str) -> dict[str, Any]:
