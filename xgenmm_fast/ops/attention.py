@@ -98,6 +98,31 @@ def varlen_attention_sdpa(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = T
     return _varlen_by_sequence(attention_sdpa, q, k, v, cu_seqlens, causal, sliding_window, scale)
 
 
+def decode_attention_reference(q, k_cache, v_cache, cache_seqlens: torch.Tensor, *, sliding_window=None,
+                               scale: float | None = None) -> torch.Tensor:
+    """New queries against a KV cache (generation).
+
+    q (B, Hq, Tq, D): the Tq newest tokens of each sequence; k_cache/v_cache (B, Hkv, Tmax, D) hold
+    `cache_seqlens[b]` valid positions (the new tokens' keys included, at the end); query i of sequence b
+    sits at position cache_seqlens[b] - Tq + i and sees keys <= it (and within the window).
+    """
+    B, _, tq, _ = q.shape
+    tmax = k_cache.shape[2]
+    pos_k = torch.arange(tmax, device=q.device)[None, :]
+    valid = pos_k < cache_seqlens[:, None]  # (B, Tmax)
+    pos_q = cache_seqlens[:, None] - tq + torch.arange(tq, device=q.device)[None, :]  # (B, Tq)
+    mask = valid[:, None, :] & (pos_k[:, None, :] <= pos_q[:, :, None])
+    if sliding_window is not None:
+        mask = mask & (pos_q[:, :, None] - pos_k[:, None, :] < sliding_window)
+    n_rep = q.shape[1] // k_cache.shape[1]
+    k, v = _repeat_kv(k_cache, n_rep, 1), _repeat_kv(v_cache, n_rep, 1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    probs = torch.nan_to_num(torch.softmax(scores.float(), dim=-1), nan=0.0).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
 def perceiver_attention_reference(q, k_media, v_media, k_latent, v_latent, media_mask, scale: float):
     """Latent queries over [media keys ; latent keys], media keys masked where media_mask == 0."""
     k = torch.cat([k_media, k_latent], dim=2)
@@ -116,6 +141,7 @@ dispatch.register("attention", "reference", attention_reference)
 dispatch.register("varlen_attention", "sdpa", varlen_attention_sdpa)
 dispatch.register("varlen_attention", "reference", varlen_attention_reference)
 dispatch.register("perceiver_attention", "reference", perceiver_attention_reference)
+dispatch.register("decode_attention", "reference", decode_attention_reference)
 
 
 def attention(q, k, v, **kw):
@@ -124,6 +150,10 @@ def attention(q, k, v, **kw):
 
 def varlen_attention(q, k, v, cu_seqlens, **kw):
     return dispatch.call("varlen_attention", q, k, v, cu_seqlens, **kw)
+
+
+def decode_attention(q, k_cache, v_cache, cache_seqlens, **kw):
+    return dispatch.call("decode_attention", q, k_cache, v_cache, cache_seqlens, **kw)
 
 
 def perceiver_attention(q, k_media, v_media, k_latent, v_latent, media_mask, scale):

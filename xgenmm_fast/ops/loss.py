@@ -30,13 +30,29 @@ def token_cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, r
     return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
+def linear_token_logprobs_reference(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                    add_weight: torch.Tensor, add_bias: torch.Tensor | None, num_base: int,
+                                    targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) per row under the decoupled head, fp32: h (N, E), targets (N,) -> (N,).
+    Rows whose target is -100 get 0. (The fused kernel computes this without (N, V) logits.)"""
+    logits = decoupled_logits_reference(h, weight, bias, add_weight, add_bias, num_base).float()
+    keep = targets != IGNORE_INDEX
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0)[:, None])[:, 0]
+    return torch.where(keep, lp, torch.zeros_like(lp))
+
+
 dispatch.register("decoupled_logits", "reference", decoupled_logits_reference)
+dispatch.register("linear_token_logprobs", "reference", linear_token_logprobs_reference)
 dispatch.register("causal_lm_loss", "reference", causal_lm_loss_reference)
 dispatch.register("token_cross_entropy", "reference", token_cross_entropy_reference)
 
 
 def decoupled_logits(h, weight, bias, add_weight, add_bias, num_base):
     return dispatch.call("decoupled_logits", h, weight, bias, add_weight, add_bias, num_base)
+
+
+def linear_token_logprobs(h, weight, bias, add_weight, add_bias, num_base, targets):
+    return dispatch.call("linear_token_logprobs", h, weight, bias, add_weight, add_bias, num_base, targets)
 
 
 def causal_lm_loss(logits, labels):
