@@ -105,3 +105,24 @@ def test_more_image_tokens_than_images_is_an_error(model):
     s = StreamSample([5, model.media_token_id, 6], [5, -100, 6], [], [], sample_id="bad")
     with pytest.raises(ValueError, match="bad"):
         pack_samples([s], model.media_token_id, 4)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(model):
+    gen = torch.Generator().manual_seed(12)
+    batch = pack_samples(_samples(model, gen)[:3], model.media_token_id, model.config.perceiver.num_latents)
+    p = model.lang_model.model.layers[1].mlp.down_proj.weight
+    results = []
+    model.train()
+    try:
+        for ckpt in (False, True):
+            model.set_gradient_checkpointing(ckpt)
+            model.zero_grad()
+            out = model.forward_packed(batch)
+            out["loss_sum"].backward()
+            results.append((out["loss_sum"].item(), p.grad.clone()))
+    finally:
+        model.set_gradient_checkpointing(False)
+        model.eval()
+        model.zero_grad()
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert rel_err(results[1][1], results[0][1]) < 1e-6

@@ -32,12 +32,17 @@ def export_checkpoint(checkpoints_dir: str, out_dir: str, tag: str | None = None
     tag_dir = os.path.join(checkpoints_dir, tag)
     if not os.path.isdir(tag_dir):
         raise FileNotFoundError(f"{tag_dir}: no such checkpoint")
+    # the module as DeepSpeed stored it (our own file): whole for ZeRO 0-2, placeholders under ZeRO-3
+    whole = os.path.join(tag_dir, "mp_rank_00_model_states.pt")  # absent under ZeRO-3
+    module = torch.load(whole, map_location="cpu", weights_only=False)["module"] if os.path.isfile(whole) else {}
     zero_files = [f for f in os.listdir(tag_dir) if f.startswith("zero_pp_rank_") and "optim_states" in f]
-    if zero_files:
-        state = get_fp32_state_dict_from_zero_checkpoint(checkpoints_dir, tag=tag)
-    else:  # ZeRO stage 0: the module is stored whole (our own file, written by DeepSpeed)
-        state = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
-                           weights_only=False)["module"]
+    state = dict(module)
+    if zero_files:  # trained weights from the fp32 optimizer partitions, merged across ranks
+        state.update(get_fp32_state_dict_from_zero_checkpoint(checkpoints_dir, tag=tag))
     config = _model_config(os.path.dirname(os.path.abspath(checkpoints_dir)))
+    empty = [k for k, v in state.items() if v.numel() == 0]
+    if empty:
+        raise RuntimeError(f"{tag_dir}: no full values for {len(empty)} tensors (e.g. {empty[0]}); "
+                           "they were neither in the optimizer partitions nor stored whole")
     save_state_dict_hf(config, {k: v.float() for k, v in state.items()}, out_dir)
     return out_dir
