@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -17,18 +18,21 @@ struct Keyed {
   int64_t index;
 };
 
-// Stable LSD radix sort by key, 8 bits a pass; passes whose byte is the same for every item are skipped
-// (token counts usually span 2 bytes, so 2 passes). Stable + input in index order => ties by index.
-void radix_sort(std::vector<Keyed>& a) {
-  constexpr int kBits = 8, kBins = 1 << kBits, kPasses = 64 / kBits;
+// Stable LSD radix sort by key, 8 bits a pass, over the bytes that max_key spans (token counts usually
+// span 2 bytes: 2 passes); a pass whose byte is the same for every item is skipped.
+// Stable + input in index order => ties stay in index order.
+void radix_sort(std::vector<Keyed>& a, uint64_t max_key) {
+  constexpr int kBits = 8, kBins = 1 << kBits;
+  int passes = 0;
+  while (passes < 64 / kBits && (max_key >> (passes * kBits)) != 0) ++passes;
   const size_t n = a.size();
-  std::vector<std::array<size_t, kBins>> hist(kPasses);
+  std::vector<std::array<size_t, kBins>> hist(passes);
   for (auto& h : hist) h.fill(0);
   for (const Keyed& x : a) {
-    for (int p = 0; p < kPasses; ++p) ++hist[p][(x.key >> (p * kBits)) & (kBins - 1)];
+    for (int p = 0; p < passes; ++p) ++hist[p][(x.key >> (p * kBits)) & (kBins - 1)];
   }
   std::vector<Keyed> tmp(n);
-  for (int p = 0; p < kPasses; ++p) {
+  for (int p = 0; p < passes; ++p) {
     std::array<size_t, kBins>& h = hist[p];
     if (std::any_of(h.begin(), h.end(), [n](size_t c) { return c == n; })) continue;  // one bucket: no-op
     size_t sum = 0;
@@ -43,54 +47,66 @@ void radix_sort(std::vector<Keyed>& a) {
 }
 
 // Max-segment-tree over the rows' free space, in row creation order; grows by doubling.
-// find(need) = the first row whose free space >= need, in O(log rows).
+// place(need) puts `need` tokens into the first row whose free space is >= need, opening a row when none
+// has room, in O(log rows): one descent from the root, then the same path back up to refresh the maxima.
+// Free space is at most the budget, so Value = int32_t halves the tree's memory when the budget fits.
+template <typename Value>
 class FirstFit {
  public:
-  // First row with free >= need, or -1 if none.
-  int64_t find(int64_t need) const {
-    if (cap_ == 0 || t_[1] < need) return -1;
+  explicit FirstFit(int64_t budget) : budget_(static_cast<Value>(budget)) {}
+
+  // Row that received `need` (0 <= need <= budget).
+  size_t place(Value need) {
+    if (cap_ == 0 || t_[1] < need) {  // no row has room: open one
+      if (rows_ == cap_) grow();
+      update(cap_ + rows_, static_cast<Value>(budget_ - need));
+      return rows_++;
+    }
     size_t i = 1;
     while (i < cap_) i = 2 * i + (t_[2 * i] >= need ? 0 : 1);
-    return static_cast<int64_t>(i - cap_);
-  }
-
-  int64_t free_of(size_t row) const { return t_[cap_ + row]; }
-
-  void set(size_t row, int64_t free) {
-    size_t i = cap_ + row;
-    t_[i] = free;
-    for (i >>= 1; i != 0; i >>= 1) {
-      const int64_t v = std::max(t_[2 * i], t_[2 * i + 1]);
-      if (t_[i] == v) break;  // unchanged here => unchanged above
-      t_[i] = v;
-    }
-  }
-
-  // Opens a row with `free` tokens of room; returns its index.
-  size_t push(int64_t free) {
-    if (rows_ == cap_) grow();
-    set(rows_, free);
-    return rows_++;
+    update(i, static_cast<Value>(t_[i] - need));
+    return i - cap_;
   }
 
   size_t rows() const { return rows_; }
 
  private:
-  static constexpr int64_t kAbsent = -1;  // below any need (needs are >= 0)
+  static constexpr Value kAbsent = -1;  // leaves of rows not opened yet: below any need (needs are >= 0)
+
+  void update(size_t leaf, Value free) {
+    t_[leaf] = free;
+    for (size_t i = leaf >> 1; i != 0; i >>= 1) {
+      const Value v = std::max(t_[2 * i], t_[2 * i + 1]);
+      if (t_[i] == v) break;  // unchanged here => unchanged above
+      t_[i] = v;
+    }
+  }
 
   void grow() {
     const size_t cap = cap_ == 0 ? 64 : 2 * cap_;
-    std::vector<int64_t> t(2 * cap, kAbsent);
+    std::vector<Value> t(2 * cap, kAbsent);
     std::copy(t_.begin() + cap_, t_.begin() + cap_ + rows_, t.begin() + cap);
     for (size_t i = cap - 1; i != 0; --i) t[i] = std::max(t[2 * i], t[2 * i + 1]);
     t_.swap(t);
     cap_ = cap;
   }
 
+  Value budget_;
   size_t cap_ = 0;   // leaves (a power of two)
   size_t rows_ = 0;  // rows opened so far
-  std::vector<int64_t> t_;  // t_[1] is the root; leaf of row r at t_[cap_ + r]; absent rows hold kAbsent
+  std::vector<Value> t_;  // t_[1] is the root; leaf of row r at t_[cap_ + r]; absent rows hold kAbsent
 };
+
+// Step 2 of the plan: row_of[k] = the row of the k-th sample in FFD order.
+template <typename Value>
+size_t first_fit(const std::vector<Keyed>& order, int64_t max_len, int64_t budget, std::vector<int64_t>& row_of) {
+  FirstFit<Value> rows(budget);
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t need = std::min(max_len - static_cast<int64_t>(order[k].key), budget);
+    row_of[k] = static_cast<int64_t>(rows.place(static_cast<Value>(need)));
+  }
+  return rows.rows();
+}
 
 }  // namespace
 
@@ -99,13 +115,14 @@ FlatPlan plan_rows_ffd_flat(const int64_t* lengths, size_t n, int64_t budget) {
     throw std::invalid_argument("plan_rows_ffd: budget must be positive (tokens per row), got " +
                                 std::to_string(budget));
   }
-  int64_t max_len = 0;
+  int64_t max_len = 0, min_len = n == 0 ? 0 : lengths[0];
   for (size_t i = 0; i < n; ++i) {
     if (lengths[i] < 0) {
       throw std::invalid_argument("plan_rows_ffd: lengths[" + std::to_string(i) + "] = " +
                                   std::to_string(lengths[i]) + " is negative; expected token counts >= 0");
     }
     max_len = std::max(max_len, lengths[i]);
+    min_len = std::min(min_len, lengths[i]);
   }
   FlatPlan plan;
   if (n == 0) return plan;
@@ -115,24 +132,15 @@ FlatPlan plan_rows_ffd_flat(const int64_t* lengths, size_t n, int64_t budget) {
   for (size_t i = 0; i < n; ++i) {
     order[i] = {static_cast<uint64_t>(max_len - lengths[i]), static_cast<int64_t>(i)};
   }
-  radix_sort(order);
+  radix_sort(order, static_cast<uint64_t>(max_len - min_len));
 
-  // 2. first fit; row_of[k] = the row of the k-th sample in that order
-  FirstFit rows;
+  // 2. first fit
   std::vector<int64_t> row_of(n);
-  for (size_t k = 0; k < n; ++k) {
-    const int64_t need = std::min(max_len - static_cast<int64_t>(order[k].key), budget);
-    const int64_t r = rows.find(need);
-    if (r < 0) {
-      row_of[k] = static_cast<int64_t>(rows.push(budget - need));
-    } else {
-      rows.set(static_cast<size_t>(r), rows.free_of(static_cast<size_t>(r)) - need);
-      row_of[k] = r;
-    }
-  }
+  const size_t num_rows = budget <= std::numeric_limits<int32_t>::max()
+                              ? first_fit<int32_t>(order, max_len, budget, row_of)
+                              : first_fit<int64_t>(order, max_len, budget, row_of);
 
   // 3. compressed rows; within a row, placement order
-  const size_t num_rows = rows.rows();
   plan.row_start.assign(num_rows + 1, 0);
   for (size_t k = 0; k < n; ++k) ++plan.row_start[row_of[k] + 1];
   for (size_t r = 0; r < num_rows; ++r) plan.row_start[r + 1] += plan.row_start[r];

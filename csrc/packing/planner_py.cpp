@@ -1,5 +1,6 @@
 // Python front of the packing planner: converts the lengths (list or tensor) to int64, plans without the
-// GIL, and builds the nested list of Python ints directly (no intermediate std::vector per row).
+// GIL, and builds the nested list of Python ints directly (no intermediate std::vector per row, no
+// garbage-collector passes while building it).
 #include "packing/planner_py.h"
 
 #include <string>
@@ -55,7 +56,24 @@ at::Tensor lengths_from_tensor(const at::Tensor& t) {
   return t.to(at::kCPU, at::kLong).contiguous();  // no copy for a contiguous CPU int64 tensor
 }
 
+// Turns the cyclic garbage collector off for its lifetime (restoring the previous state). Building ~10^5
+// row lists otherwise triggers collections that scan the whole heap and can cost more than the planning;
+// the lists hold only ints, so they cannot form cycles.
+class GcPause {
+ public:
+  GcPause() : was_enabled_(PyGC_Disable() == 1) {}
+  ~GcPause() {
+    if (was_enabled_) PyGC_Enable();
+  }
+  GcPause(const GcPause&) = delete;
+  GcPause& operator=(const GcPause&) = delete;
+
+ private:
+  bool was_enabled_;
+};
+
 py::list to_python(const FlatPlan& plan) {
+  const GcPause gc_pause;
   const size_t rows = plan.num_rows();
   py::list out(rows);
   for (size_t r = 0; r < rows; ++r) {

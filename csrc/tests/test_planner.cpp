@@ -89,9 +89,9 @@ void test_hand_checked() {
 
 void test_random_matches_naive() {
   std::mt19937_64 rng(12345);
-  const int64_t budgets[] = {1, 7, 64, 512, 4096};
+  const int64_t budgets[] = {1, 7, 64, 512, 4096, int64_t{1} << 40};  // the last: the int64 tree
   for (int trial = 0; trial < 400; ++trial) {
-    const int64_t budget = budgets[trial % 5];
+    const int64_t budget = budgets[trial % 6];
     const size_t n = trial < 50 ? static_cast<size_t>(trial) : static_cast<size_t>(rng() % 3000);
     std::uniform_int_distribution<int64_t> len(0, budget + budget / 2 + 1);
     std::vector<int64_t> lengths(n);

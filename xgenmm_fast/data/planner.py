@@ -18,6 +18,9 @@ def plan_rows_reference(lengths: Sequence[int], budget: int) -> list[list[int]]:
     over-long sample). O(n · rows); fine as a reference."""
     if budget <= 0:
         raise ValueError(f"budget must be positive, got {budget}")
+    negative = next((i for i, n in enumerate(lengths) if int(n) < 0), None)
+    if negative is not None:
+        raise ValueError(f"lengths[{negative}] is negative ({lengths[negative]})")
     order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
     rows: list[list[int]] = []
     room: list[int] = []
@@ -36,8 +39,8 @@ def plan_rows_reference(lengths: Sequence[int], budget: int) -> list[list[int]]:
 
 def plan_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
     fast = _cpp_planner()
-    if fast is not None:
-        return [list(r) for r in fast([int(x) for x in lengths], int(budget))]
+    if fast is not None:  # takes lists, tuples, numpy arrays or 1-D integer tensors; returns fresh lists
+        return fast(lengths, int(budget))
     return plan_rows_reference(lengths, budget)
 
 
