@@ -4,4 +4,5 @@ Each op module registers a plain-PyTorch `reference` backend (and sometimes `sdp
 adds Triton/CUDA/flash-attn backends to the same dispatch. `report()` says what each op runs on.
 """
 from . import activations, attention, loss, norms, rope  # noqa: F401  (registers backends)
+from . import triton  # noqa: F401,E402  (Triton backends, only where a GPU or the interpreter runs them)
 from .dispatch import available_backends, backend_for, report, set_backend  # noqa: F401

@@ -41,10 +41,20 @@ def linear_token_logprobs_reference(h: torch.Tensor, weight: torch.Tensor, bias:
     return torch.where(keep, lp, torch.zeros_like(lp))
 
 
+def linear_cross_entropy_reference(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                   add_weight: torch.Tensor, add_bias: torch.Tensor | None, num_base: int,
+                                   targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """CE of the decoupled head's logits vs already-aligned targets, fp32, -100 ignored: h (..., E),
+    targets (...,). Builds the full logits (the fused Triton backend never does)."""
+    logits = decoupled_logits_reference(h, weight, bias, add_weight, add_bias, num_base)
+    return token_cross_entropy_reference(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction)
+
+
 dispatch.register("decoupled_logits", "reference", decoupled_logits_reference)
 dispatch.register("linear_token_logprobs", "reference", linear_token_logprobs_reference)
 dispatch.register("causal_lm_loss", "reference", causal_lm_loss_reference)
 dispatch.register("token_cross_entropy", "reference", token_cross_entropy_reference)
+dispatch.register("linear_cross_entropy", "reference", linear_cross_entropy_reference)
 
 
 def decoupled_logits(h, weight, bias, add_weight, add_bias, num_base):
@@ -61,3 +71,7 @@ def causal_lm_loss(logits, labels):
 
 def token_cross_entropy(logits, targets, reduction="sum"):
     return dispatch.call("token_cross_entropy", logits, targets, reduction)
+
+
+def linear_cross_entropy(h, weight, bias, add_weight, add_bias, num_base, targets, reduction="sum"):
+    return dispatch.call("linear_cross_entropy", h, weight, bias, add_weight, add_bias, num_base, targets, reduction)

@@ -1,0 +1,274 @@
+"""Benchmark the Triton kernels against their references and the best library path.
+
+For each kernel: median time, TFLOP/s (matrix-bound ops) or GB/s (memory-bound ops, fewest bytes: each
+input read once, each output written once), the fraction of the peak MEASURED in the same run (a large
+bf16 matmul for TFLOP/s, a large device-to-device copy, read + write, for GB/s), and the speedup over the
+baseline (the op's reference; for attention also torch SDPA's flash backend, and flash-attn if installed).
+
+  python benchmarks/bench_kernels.py --out results/kernels.json          # GPU
+  python benchmarks/bench_kernels.py --smoke                             # CPU: interpreter, tiny shapes
+
+JSON: {device, date, commit, torch, triton, peak: {...}, results: [{name, config, ours, baseline, speedup,
+library?}]}; `ours`/`baseline`/`library` = {impl, ms, tflops | gbps, frac_peak}.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:  # the kernels can only run on the CPU through the interpreter (read at kernel definition)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, few repeats (CPU interpreter check)")
+    p.add_argument("--out", default=None, help="write the JSON results here")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                   help="kernel dtype (default bf16 on GPU, fp32 with --smoke)")
+    p.add_argument("--only", default=None, help="comma-separated kernel names to run (default all)")
+    p.add_argument("--rep-ms", type=float, default=200.0, help="do_bench repetition time per measurement (GPU)")
+    return p.parse_args(argv)
+
+
+def timer(fn, device: str, rep_ms: float, smoke: bool) -> float:
+    """Median milliseconds of fn()."""
+    if device == "cuda":
+        import triton.testing
+        return float(triton.testing.do_bench(fn, warmup=max(25, rep_ms / 4), rep=rep_ms, return_mode="median"))
+    fn()  # warm-up (compiles / interprets once)
+    ts = []
+    for _ in range(1 if smoke else 5):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return sorted(ts)[len(ts) // 2]
+
+
+def measure_peaks(device: str, dtype: torch.dtype, rep_ms: float, smoke: bool) -> dict:
+    n = 256 if smoke else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    ms = timer(lambda: a @ b, device, rep_ms, smoke)
+    nbytes = (1 << 20) if smoke else (1 << 30)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    ms_copy = timer(lambda: dst.copy_(src), device, rep_ms, smoke)
+    return {"matmul_tflops": 2 * n ** 3 / ms / 1e9, "copy_gbps": 2 * nbytes / ms_copy / 1e6,
+            "matmul_n": n, "copy_bytes": nbytes}
+
+
+def rate(ms: float, flops: float | None, nbytes: float | None, peak: dict) -> dict:
+    out = {"ms": ms}
+    if flops:
+        out["tflops"] = flops / ms / 1e9
+        out["frac_peak"] = out["tflops"] / peak["matmul_tflops"]
+    elif nbytes:
+        out["gbps"] = nbytes / ms / 1e6
+        out["frac_peak"] = out["gbps"] / peak["copy_gbps"]
+    return out
+
+
+def _fwd_bwd(fn, inputs, grad=None):
+    def run():
+        for t in inputs:
+            t.grad = None
+        out = fn()
+        out.backward(grad if grad is not None else torch.ones_like(out))
+    return run
+
+
+def cases(device: str, dtype: torch.dtype, smoke: bool):
+    """Yield (name, config, ours_fn, baseline(name, fn), library(name, fn) | None, flops, bytes)."""
+    from xgenmm_fast.ops import activations, attention, loss, norms, rope
+    from xgenmm_fast.ops.triton.fused_linear_ce import linear_cross_entropy_triton
+    from xgenmm_fast.ops.triton.perceiver_attention import perceiver_attention_triton
+    from xgenmm_fast.ops.triton.rms_norm import rms_norm_triton
+    from xgenmm_fast.ops.triton.rope import apply_rope_triton
+    from xgenmm_fast.ops.triton.swiglu import swiglu_triton
+    from xgenmm_fast.ops.triton.varlen_attention import decode_attention_triton, varlen_attention_triton
+
+    es = torch.empty((), dtype=dtype).element_size()
+    dev = dict(device=device, dtype=dtype)
+
+    # RMSNorm (Phi-3 hidden 3072): read x, write y
+    R, E = (64, 256) if smoke else (16384, 3072)
+    x, w = torch.randn(R, E, **dev), torch.randn(E, **dev)
+    yield ("rms_norm_fwd", {"rows": R, "hidden": E}, lambda: rms_norm_triton(x, w, 1e-5),
+           ("reference", lambda: norms.rms_norm_reference(x, w, 1e-5)), None, None, 2 * R * E * es)
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    dy = torch.randn_like(x)
+    yield ("rms_norm_fwd_bwd", {"rows": R, "hidden": E}, _fwd_bwd(lambda: rms_norm_triton(xg, wg, 1e-5), [xg, wg], dy),
+           ("reference", _fwd_bwd(lambda: norms.rms_norm_reference(xg, wg, 1e-5), [xg, wg], dy)), None, None,
+           5 * R * E * es)
+
+    # SwiGLU (Phi-3 intermediate 8192): read 2I, write I
+    R, I = (64, 256) if smoke else (16384, 8192)
+    gu = torch.randn(R, 2 * I, **dev)
+    yield ("swiglu_fwd", {"rows": R, "inter": I}, lambda: swiglu_triton(gu),
+           ("reference", lambda: activations.swiglu_reference(gu)), None, None, 3 * R * I * es)
+    gug = gu.clone().requires_grad_()
+    dy = torch.randn(R, I, **dev)
+    yield ("swiglu_fwd_bwd", {"rows": R, "inter": I}, _fwd_bwd(lambda: swiglu_triton(gug), [gug], dy),
+           ("reference", _fwd_bwd(lambda: activations.swiglu_reference(gug), [gug], dy)), None, None,
+           (3 + 5) * R * I * es)
+
+    # RoPE on q and k (32 heads, head dim 96), packed layout
+    T, H, D = (64, 4, 32) if smoke else (16384, 32, 96)
+    q, k = torch.randn(T, H, D, **dev), torch.randn(T, H, D, **dev)
+    cos, sin = rope.rope_cos_sin(torch.arange(T, device=device) % 2048, D, 10000.0, dtype)
+    cos, sin = cos[:, None], sin[:, None]
+    yield ("rope_fwd", {"tokens": T, "heads": H, "head_dim": D}, lambda: apply_rope_triton(q, k, cos, sin),
+           ("reference", lambda: rope.apply_rope_reference(q, k, cos, sin)), None, None,
+           (4 * T * H * D + 2 * T * D) * es)
+
+    # fused linear CE over the decoupled head (vocab 32012 + 3), fwd + bwd
+    N, E, V = (64, 64, 1000) if smoke else (8192, 3072, 32012)
+    h = torch.randn(N, E, **dev, requires_grad=True)
+    W = (torch.randn(V + 52, E, **dev) * E ** -0.5).requires_grad_()
+    b = torch.zeros(V + 52, **dev, requires_grad=True)
+    A = (torch.randn(3, E, **dev) * E ** -0.5).requires_grad_()
+    a = torch.zeros(3, **dev, requires_grad=True)
+    t = torch.randint(0, V + 3, (N,), device=device)
+    ins = [h, W, b, A, a]
+    flops = 3 * 2 * N * E * (V + 3)
+    yield ("linear_ce_fwd_bwd", {"tokens": N, "hidden": E, "vocab": V + 3},
+           _fwd_bwd(lambda: linear_cross_entropy_triton(h, W, b, A, a, V, t, "mean"), ins),
+           ("reference", _fwd_bwd(lambda: loss.linear_cross_entropy_reference(h, W, b, A, a, V, t, "mean"), ins)),
+           None, flops, None)
+
+    # varlen causal attention, Phi-3 shape: packed sequences, 32 heads, head dim 96, window 2047
+    lens = [48, 16] if smoke else [2048] * 4 + [1024] * 4 + [512] * 8
+    H, D = (2, 32) if smoke else (32, 96)
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    T = sum(lens)
+    qv, kv, vv = (torch.randn(T, H, D, **dev, requires_grad=True) for _ in range(3))
+    causal_flops = sum(4 * n * (n + 1) / 2 * H * D for n in lens)  # QKᵀ and PV over the visible half
+    window = 2047
+    cfg = {"seqlens": lens if smoke else "4x2048+4x1024+8x512", "heads": H, "head_dim": D, "window": window}
+    max_len = max(lens)
+    library = None
+    if device == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        pads = [(qv[s:e], kv[s:e], vv[s:e]) for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())]
+
+        def sdpa_flash():  # per-sequence flash SDPA (no window support: causal only — an upper bound)
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return torch.cat([torch.nn.functional.scaled_dot_product_attention(
+                    a.transpose(0, 1)[None], b.transpose(0, 1)[None], c.transpose(0, 1)[None], is_causal=True
+                )[0].transpose(0, 1) for a, b, c in pads])
+        library = ("sdpa_flash_per_seq", sdpa_flash)
+        try:
+            from flash_attn import flash_attn_varlen_func
+            library = ("flash_attn_varlen", lambda: flash_attn_varlen_func(
+                qv, kv, vv, cu, cu, max_len, max_len, causal=True, window_size=(window - 1, 0)))
+        except ImportError:
+            pass
+    yield ("varlen_attn_fwd", cfg,
+           lambda: varlen_attention_triton(qv, kv, vv, cu, sliding_window=window, max_seqlen=max_len),
+           ("sdpa_per_seq", lambda: attention.varlen_attention_sdpa(qv, kv, vv, cu, sliding_window=window)),
+           library, causal_flops, None)
+    yield ("varlen_attn_fwd_bwd", cfg,
+           _fwd_bwd(lambda: varlen_attention_triton(qv, kv, vv, cu, sliding_window=window, max_seqlen=max_len),
+                    [qv, kv, vv]),
+           ("sdpa_per_seq", _fwd_bwd(lambda: attention.varlen_attention_sdpa(qv, kv, vv, cu, sliding_window=window),
+                                     [qv, kv, vv])),
+           None if library is None else (library[0], _fwd_bwd(library[1], [qv, kv, vv])), 3.5 * causal_flops, None)
+
+    # perceiver: 10 tiles, 16 heads, 128 latents, 729 media tokens, head dim 96
+    N, H, L, M, D = (2, 2, 16, 27, 32) if smoke else (10, 16, 128, 729, 96)
+    qp, kl, vl = (torch.randn(N, H, L, D, **dev, requires_grad=True) for _ in range(3))
+    km, vm = (torch.randn(N, H, M, D, **dev, requires_grad=True) for _ in range(2))
+    mask = torch.ones(N, M, dtype=torch.long, device=device)
+    mask[:, : M // 10] = 0
+    pins = [qp, km, vm, kl, vl]
+    pflops = 4 * N * H * L * (M + L) * D
+    yield ("perceiver_attn_fwd_bwd", {"tiles": N, "heads": H, "latents": L, "media": M, "head_dim": D},
+           _fwd_bwd(lambda: perceiver_attention_triton(qp, km, vm, kl, vl, mask, D ** -0.5), pins),
+           ("reference", _fwd_bwd(lambda: attention.perceiver_attention_reference(qp, km, vm, kl, vl, mask, D ** -0.5),
+                                  pins)), None, 3.5 * pflops, None)
+
+    # decode: one new token against a KV cache (memory-bound: the cache is read once)
+    B, H, Tmax, D = (2, 2, 64, 32) if smoke else (8, 32, 4096, 96)
+    qd = torch.randn(B, H, 1, D, **dev)
+    kc, vc = torch.randn(B, H, Tmax, D, **dev), torch.randn(B, H, Tmax, D, **dev)
+    seqlens = torch.full((B,), Tmax, dtype=torch.int32, device=device)
+    yield ("decode_attn_fwd", {"batch": B, "heads": H, "cache": Tmax, "head_dim": D},
+           lambda: decode_attention_triton(qd, kc, vc, seqlens),
+           ("reference", lambda: attention.decode_attention_reference(qd, kc, vc, seqlens)), None, None,
+           2 * B * H * Tmax * D * es)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import triton
+    device = "cuda" if HAS_CUDA else "cpu"
+    if not HAS_CUDA and not args.smoke:
+        print("no CUDA device: only --smoke (interpreter, tiny shapes) is meaningful here", file=sys.stderr)
+        return 2
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("fp32" if args.smoke or not HAS_CUDA else "bf16")]
+    if not HAS_CUDA and dtype == torch.bfloat16:
+        print("bf16 is wrong under the Triton interpreter (SPEC §6); use fp32/fp16 on CPU", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    peak = measure_peaks(device, dtype if HAS_CUDA else torch.float32, args.rep_ms, args.smoke)
+    only = set(args.only.split(",")) if args.only else None
+    results = []
+    for name, cfg, ours, base, lib, flops, nbytes in cases(device, dtype, args.smoke):
+        if only and name not in only:
+            continue
+        row = {"name": name, "config": cfg}
+        try:
+            row["ours"] = {"impl": "triton", **rate(timer(ours, device, args.rep_ms, args.smoke), flops, nbytes, peak)}
+            row["baseline"] = {"impl": base[0], **rate(timer(base[1], device, args.rep_ms, args.smoke), flops,
+                                                       nbytes, peak)}
+            row["speedup"] = row["baseline"]["ms"] / row["ours"]["ms"]
+            if lib is not None:
+                row["library"] = {"impl": lib[0], **rate(timer(lib[1], device, args.rep_ms, args.smoke), flops,
+                                                         nbytes, peak)}
+                row["speedup_vs_library"] = row["library"]["ms"] / row["ours"]["ms"]
+        except Exception as e:  # one failing kernel must not hide the others' numbers
+            row["error"] = f"{type(e).__name__}: {e}"
+        results.append(row)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except Exception:
+        commit = None
+    report = {"device": torch.cuda.get_device_name() if HAS_CUDA else "cpu (triton interpreter)",
+              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "commit": commit, "torch": torch.__version__, "triton": triton.__version__,
+              "dtype": str(dtype).replace("torch.", ""), "smoke": args.smoke, "peak": peak, "results": results}
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    print(f"device={report['device']} dtype={report['dtype']} peak: {peak['matmul_tflops']:.1f} TFLOP/s matmul, "
+          f"{peak['copy_gbps']:.0f} GB/s copy")
+    print(f"{'kernel':26s} {'ours ms':>9s} {'rate':>13s} {'%peak':>6s} {'base ms':>9s} {'speedup':>8s} {'lib x':>6s}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['name']:26s} ERROR {r['error'][:80]}")
+            continue
+        o = r["ours"]
+        rt = f"{o['tflops']:.1f} TFLOP/s" if "tflops" in o else (f"{o['gbps']:.0f} GB/s" if "gbps" in o else "")
+        lib = f"{r['speedup_vs_library']:.2f}" if "speedup_vs_library" in r else "-"
+        print(f"{r['name']:26s} {o['ms']:9.3f} {rt:>13s} {100 * o.get('frac_peak', 0):5.1f}% "
+              f"{r['baseline']['ms']:9.3f} {r['speedup']:8.2f} {lib:>6s}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

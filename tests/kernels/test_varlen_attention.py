@@ -1,0 +1,84 @@
+"""Triton varlen flash attention (fwd + bwd) and the decode kernel vs the references (fp64)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xgenmm_fast.ops.attention import decode_attention_reference, varlen_attention_reference
+from xgenmm_fast.ops.triton.varlen_attention import decode_attention_triton, varlen_attention_triton
+
+from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, as64, check, leaf
+
+# Some gradients are exactly zero in exact arithmetic (a query with one visible key: dq = dk = 0); the
+# floor measures such errors against the O(1) size of the terms (inputs and dout are N(0, 1)).
+GRAD_FLOOR = 0.1
+
+# (sequence lengths, Hq, Hkv, D, sliding window, causal)
+CASES = [
+    ([5, 0, 1, 37], 4, 2, 24, None, True),   # empty and length-1 sequences, GQA, odd head dim
+    ([1], 1, 1, 16, None, True),             # a single token
+    ([33, 17], 3, 1, 96, 7, True),           # Phi-3 head dim (padded to 128 in the tile), window, MQA
+    ([20, 9, 3], 5, 5, 64, None, True),      # odd head count
+    ([18], 2, 2, 128, 4, True),
+    ([20, 9], 2, 1, 16, 5, False),           # non-causal with window
+    ([19], 2, 2, 32, None, False),
+]
+
+
+def _pack(lens, Hq, Hkv, D, dtype):
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+    T = int(cu[-1])
+    q, k, v = (leaf(torch.randn(T, h, D), dtype) for h in (Hq, Hkv, Hkv))
+    return q, k, v, cu.to(DEVICE)
+
+
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_varlen_attention_matches_reference(lens, Hq, Hkv, D, window, causal, dtype, seed):
+    q, k, v, cu = _pack(lens, Hq, Hkv, D, dtype)
+    o = varlen_attention_triton(q, k, v, cu, causal=causal, sliding_window=window)
+    do = torch.randn(o.shape).to(DEVICE, dtype)
+    o.backward(do)
+    q64, k64, v64 = as64(q, k, v)
+    ref = varlen_attention_reference(q64, k64, v64, cu.cpu(), causal=causal, sliding_window=window)
+    ref.backward(do.double().cpu())
+    check("varlen_fwd", [o], [ref], TOL[dtype])
+    check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[dtype], GRAD_FLOOR)
+
+
+def test_varlen_attention_empty_pack_and_explicit_scale(seed):
+    e = torch.zeros(0, 2, 16, device=DEVICE, requires_grad=True)
+    out = varlen_attention_triton(e, e, e, torch.tensor([0], dtype=torch.int32, device=DEVICE))
+    assert out.shape == (0, 2, 16)
+    q, k, v, cu = _pack([6, 11], 2, 2, 16, torch.float32)
+    check("varlen_scale", [varlen_attention_triton(q, k, v, cu, scale=0.3, sliding_window=100)],
+          [varlen_attention_reference(q, k, v, cu, scale=0.3, sliding_window=100)], TOL[torch.float32])
+
+
+def test_varlen_attention_strided_qkv_views(seed):
+    """q, k, v as slices of one fused qkv projection (the model passes such views)."""
+    T, Hq, Hkv, D = 21, 4, 2, 16
+    qkv = leaf(torch.randn(T, (Hq + 2 * Hkv) * D), torch.float32)
+    q = qkv[:, :Hq * D].view(T, Hq, D)
+    k = qkv[:, Hq * D:(Hq + Hkv) * D].view(T, Hkv, D)
+    v = qkv[:, (Hq + Hkv) * D:].view(T, Hkv, D)
+    cu = torch.tensor([0, 8, 21], dtype=torch.int32, device=DEVICE)
+    o = varlen_attention_triton(q, k, v, cu)
+    o.square().sum().backward()
+    g = qkv.grad.clone()
+    qkv.grad = None
+    varlen_attention_reference(q, k, v, cu).square().sum().backward()
+    check("varlen_views", [g], [qkv.grad], 1e-5)
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,D,tmax,lens", [(3, 4, 2, 24, 20, [20, 7, 1]), (2, 3, 3, 96, 9, [9, 2])])
+@pytest.mark.parametrize("tq", [1, 2])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_attention_matches_reference(B, Hq, Hkv, D, tmax, lens, tq, window, dtype, seed):
+    q = leaf(torch.randn(B, Hq, tq, D), dtype, requires_grad=False)
+    kc, vc = (leaf(torch.randn(B, Hkv, tmax, D), dtype, requires_grad=False) for _ in range(2))
+    seqlens = torch.tensor(lens, device=DEVICE)
+    o = decode_attention_triton(q, kc, vc, seqlens, sliding_window=window)
+    ref = decode_attention_reference(*as64(q, kc, vc), seqlens.cpu(), sliding_window=window)
+    check("decode", [o], [ref], TOL[dtype])

@@ -1,0 +1,43 @@
+"""Shared launcher helpers for the Triton backends (no kernels here)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1; read by @triton.jit at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cuda_available() -> bool:
+    try:
+        return torch.cuda.is_available()
+    except Exception:  # a broken driver must not break import
+        return False
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Can the Triton kernels run on these tensors here? (CUDA tensors, or any tensor under the interpreter.)
+
+    Under the interpreter bf16 is refused (its bf16 arithmetic is wrong). The backends fall back to the reference when this is False, so that a CPU tensor reaching a backend
+    preferred on a CUDA machine (CPU tests on the GPU box, a CPU-offloaded module) still works.
+    """
+    ts = [t for t in tensors if t is not None]
+    if interpreting():
+        # the interpreter computes bf16 wrongly (SPEC §6): leave bf16 to the reference there
+        return not any(t.dtype == torch.bfloat16 for t in ts)
+    return bool(ts) and all(t.is_cuda for t in ts)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def row_view(x: torch.Tensor) -> torch.Tensor:
+    """(..., N) -> (rows, N) with unit stride on the last dim (copies only when it has to)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[-1] > 1 and x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    return x2

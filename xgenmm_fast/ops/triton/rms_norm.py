@@ -1,0 +1,119 @@
+"""Fused RMSNorm (Phi-3 semantics), forward and backward, as the `xgenmm_triton::rms_norm` custom op.
+
+y = weight * (x · rsqrt(mean(x², -1) + eps)).to(x.dtype), statistics in fp32 — exactly
+`norms.rms_norm_reference`. x: (..., N); weight: (N,). The forward saves the fp32 per-row rstd (rows,);
+the backward recomputes the normalized row from x and rstd:
+  dx = rstd · (g − n · mean(g · n)),  g = dy · weight,  n = x · rstd
+  dweight = Σ_rows dy · n.to(x.dtype)   (per-program fp32 partial sums, then one torch sum).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..norms import rms_norm_reference
+from ._utils import interpreting, next_pow2, row_view, usable
+
+
+@triton.jit
+def _rms_norm_fwd_kernel(X, W, Y, RSTD, stride_x, stride_y, N, eps, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    m = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=m, other=0.0)
+    xf = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / N + eps)
+    n = (xf * rstd).to(x.dtype).to(tl.float32)  # Phi-3: cast back to the input dtype before the scale
+    w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(Y + row * stride_y + cols, (w * n).to(Y.dtype.element_ty), mask=m)
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, stride_dy, stride_x, stride_dx, n_rows, N,
+                         rows_per_program, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    m = cols < N
+    w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    row0 = pid * rows_per_program
+    for i in range(0, rows_per_program):
+        row = (row0 + i).to(tl.int64)
+        if row < n_rows:
+            x = tl.load(X + row * stride_x + cols, mask=m, other=0.0)
+            xf = x.to(tl.float32)
+            dy = tl.load(DY + row * stride_dy + cols, mask=m, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + row)
+            n = xf * rstd
+            g = dy * w
+            dx = rstd * (g - n * (tl.sum(g * n, axis=0) / N))
+            tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=m)
+            dw += dy * n.to(x.dtype).to(tl.float32)
+    tl.store(DW_PART + pid * N + cols, dw, mask=m)
+
+
+def _num_warps(block_n: int) -> int:
+    return 1 if interpreting() else min(16, max(1, block_n // 256))
+
+
+@triton_op("xgenmm_triton::rms_norm_fwd", mutates_args={})
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., N), weight (N,) -> (y (..., N) in promote(x, weight) dtype, rstd (rows,) fp32)."""
+    N = x.shape[-1]
+    x2 = row_view(x)
+    rows = x2.shape[0]
+    y = torch.empty((rows, N), dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    rstd = torch.empty((rows,), dtype=torch.float32, device=x.device)
+    if rows > 0:
+        block = next_pow2(N)
+        wrap_triton(_rms_norm_fwd_kernel)[(rows,)](x2, weight.contiguous(), y, rstd, x2.stride(0), y.stride(0),
+                                                   N, eps, BLOCK_N=block, num_warps=_num_warps(block))
+    return y.view(x.shape), rstd
+
+
+@triton_op("xgenmm_triton::rms_norm_bwd", mutates_args={})
+def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                 rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    N = x.shape[-1]
+    x2, dy2 = row_view(x), row_view(dy)
+    rows = x2.shape[0]
+    dx = torch.empty((rows, N), dtype=x.dtype, device=x.device)
+    if rows == 0:
+        return dx.view(x.shape), torch.zeros_like(weight)
+    if x.is_cuda:
+        n_prog = min(rows, 4 * torch.cuda.get_device_properties(x.device).multi_processor_count)
+    else:
+        n_prog = min(rows, 4)
+    rows_per_program = -(-rows // n_prog)
+    n_prog = -(-rows // rows_per_program)
+    dw_part = torch.empty((n_prog, N), dtype=torch.float32, device=x.device)
+    block = next_pow2(N)
+    wrap_triton(_rms_norm_bwd_kernel)[(n_prog,)](dy2, x2, weight.contiguous(), rstd, dx, dw_part, dy2.stride(0),
+                                                 x2.stride(0), dx.stride(0), rows, N, rows_per_program,
+                                                 BLOCK_N=block, num_warps=_num_warps(block))
+    return dx.view(x.shape), dw_part.sum(0).to(weight.dtype)
+
+
+def _setup(ctx, inputs, output):
+    x, weight, _ = inputs
+    _, rstd = output
+    ctx.save_for_backward(x, weight, rstd)
+
+
+def _backward(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = rms_norm_bwd(dy.contiguous(), x, weight, rstd)
+    return dx, dw, None
+
+
+rms_norm_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Same signature and result as `norms.rms_norm_reference`."""
+    if not usable(x, weight):
+        return rms_norm_reference(x, weight, eps)
+    return rms_norm_fwd(x, weight, float(eps))[0]

@@ -1,0 +1,365 @@
+"""Varlen causal flash attention over packed sequences (forward + backward), and the decode kernel.
+
+Layouts (flash-attention varlen API):
+  q (total, Hq, D), k/v (total, Hkv, D), cu_seqlens (n_seq + 1,) int32, Hq % Hkv == 0 (GQA);
+  out (total, Hq, D); the forward also keeps lse (Hq, total) fp32 (log2 domain) for the backward.
+Masking as `attention.varlen_attention_reference`: each sequence attends only within itself; causal
+means key j visible to query i iff j ≤ i; a sliding window W additionally needs i − j < W.
+
+Forward: one program per (query block, sequence, q head); online softmax (exp2, fp32 statistics) over
+the key blocks that can be visible — [lo, hi) cut by causality and the window, so masked-out tiles are
+never loaded. Head dims that are not powers of two (Phi-3: 96) are padded to the next power of two inside
+the tile with masked loads/stores. Backward (FA2 style, recomputation from the saved lse):
+delta = rowsum(dO · O); a dK/dV kernel per (key block, sequence, kv head) that loops over the q heads of
+its GQA group and the visible query blocks (no atomics), and a dQ kernel per (query block, sequence,
+q head).
+
+Decode (`decode_attention`): the same forward kernel in its padded mode — q (B, Hq, Tq, D) against a
+cache (B, Hkv, Tmax, D) of `cache_seqlens[b]` valid keys, query i at position cache_seqlens[b] − Tq + i.
+Forward only.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..attention import decode_attention_reference, varlen_attention_reference
+from ._utils import interpreting, next_pow2, usable
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
+                     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+                     stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh, stride_lse_h,
+                     seqlen_q_fixed, qk_scale, window, GROUP, D,
+                     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, VARLEN: tl.constexpr,
+                     STORE_LSE: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    hk = h // GROUP
+    if VARLEN:
+        q_start = tl.load(CU_Q + b)
+        q_len = tl.load(CU_Q + b + 1) - q_start
+        k_start = tl.load(CU_K + b)
+        k_len = tl.load(CU_K + b + 1) - k_start
+    else:
+        q_start = 0
+        q_len = seqlen_q_fixed
+        k_start = 0
+        k_len = tl.load(SEQLEN_K + b)
+    if pid_m * BLOCK_M < q_len:
+        off = k_len - q_len  # query i sits at key position i + off
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d[None, :] < D
+        qb = Q + b.to(tl.int64) * stride_qb + h * stride_qh
+        q = tl.load(qb + (q_start + offs_m[:, None]).to(tl.int64) * stride_qt + offs_d[None, :],
+                    mask=(offs_m[:, None] < q_len) & dmask, other=0.0)
+        kb = K + b.to(tl.int64) * stride_kb + hk * stride_kh
+        vb = V + b.to(tl.int64) * stride_vb + hk * stride_vh
+        m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        hi = k_len
+        if CAUSAL:
+            hi = tl.minimum(k_len, (pid_m + 1) * BLOCK_M + off)
+        lo = 0
+        if HAS_WINDOW:
+            lo = tl.maximum(0, pid_m * BLOCK_M + off - window + 1)
+            lo = (lo // BLOCK_N) * BLOCK_N
+        for start_n in range(lo, hi, BLOCK_N):
+            cols = start_n + offs_n
+            kv_rows = (k_start + cols[:, None]).to(tl.int64)
+            kvmask = (cols[:, None] < k_len) & dmask
+            k = tl.load(kb + kv_rows * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
+            v = tl.load(vb + kv_rows * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            visible = cols[None, :] < k_len
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + off)
+            if HAS_WINDOW:
+                visible = visible & (offs_m[:, None] + off - cols[None, :] < window)
+            qk = tl.where(visible, qk, -float("inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+            p = tl.exp2(qk - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        empty = l_i == 0.0
+        o = acc / tl.where(empty, 1.0, l_i)[:, None]
+        ob = O + b.to(tl.int64) * stride_ob + h * stride_oh
+        tl.store(ob + (q_start + offs_m[:, None]).to(tl.int64) * stride_ot + offs_d[None, :],
+                 o.to(O.dtype.element_ty), mask=(offs_m[:, None] < q_len) & dmask)
+        if STORE_LSE:
+            lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+            tl.store(LSE + h * stride_lse_h + q_start + offs_m, lse, mask=offs_m < q_len)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
+                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                          stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
+                          qk_scale, sm_scale, window, GROUP, D,
+                          CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1)
+    hk = tl.program_id(2)
+    start = tl.load(CU + b)
+    seqlen = tl.load(CU + b + 1) - start
+    if pid_n * BLOCK_N < seqlen:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d[None, :] < D
+        nmask = (offs_n[:, None] < seqlen) & dmask
+        rows_n = (start + offs_n[:, None]).to(tl.int64)
+        k = tl.load(K + rows_n * stride_kt + hk * stride_kh + offs_d[None, :], mask=nmask, other=0.0)
+        v = tl.load(V + rows_n * stride_vt + hk * stride_vh + offs_d[None, :], mask=nmask, other=0.0)
+        dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        lo = 0
+        if CAUSAL:
+            lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M
+        hi = seqlen
+        if HAS_WINDOW:
+            hi = tl.minimum(seqlen, (pid_n + 1) * BLOCK_N + window - 1)
+        for g in range(0, GROUP):
+            h = hk * GROUP + g
+            for start_m in range(lo, hi, BLOCK_M):
+                rows = start_m + offs_m
+                mmask = rows[:, None] < seqlen
+                rows_t = (start + rows[:, None]).to(tl.int64)
+                q = tl.load(Q + rows_t * stride_qt + h * stride_qh + offs_d[None, :], mask=mmask & dmask, other=0.0)
+                do = tl.load(DO + rows_t * stride_dot + h * stride_doh + offs_d[None, :], mask=mmask & dmask,
+                             other=0.0)
+                lse = tl.load(LSE + h * stride_lse_h + start + rows, mask=rows < seqlen, other=float("inf"))
+                delta = tl.load(DELTA + h * stride_lse_h + start + rows, mask=rows < seqlen, other=0.0)
+                qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+                visible = offs_n[None, :] < seqlen
+                if CAUSAL:
+                    visible = visible & (offs_n[None, :] <= rows[:, None])
+                if HAS_WINDOW:
+                    visible = visible & (rows[:, None] - offs_n[None, :] < window)
+                p = tl.where(visible, tl.exp2(qk - lse[:, None]), 0.0)
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+                ds = p * (dp - delta[:, None])
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        tl.store(DK + rows_n * stride_dkt + hk * stride_dkh + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
+                 mask=nmask)
+        tl.store(DV + rows_n * stride_dvt + hk * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
+                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                        stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lse_h,
+                        qk_scale, sm_scale, window, GROUP, D,
+                        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    hk = h // GROUP
+    start = tl.load(CU + b)
+    seqlen = tl.load(CU + b + 1) - start
+    if pid_m * BLOCK_M < seqlen:
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d[None, :] < D
+        mmask = (offs_m[:, None] < seqlen) & dmask
+        rows_m = (start + offs_m[:, None]).to(tl.int64)
+        q = tl.load(Q + rows_m * stride_qt + h * stride_qh + offs_d[None, :], mask=mmask, other=0.0)
+        do = tl.load(DO + rows_m * stride_dot + h * stride_doh + offs_d[None, :], mask=mmask, other=0.0)
+        lse = tl.load(LSE + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=float("inf"))
+        delta = tl.load(DELTA + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=0.0)
+        dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        hi = seqlen
+        if CAUSAL:
+            hi = tl.minimum(seqlen, (pid_m + 1) * BLOCK_M)
+        lo = 0
+        if HAS_WINDOW:
+            lo = tl.maximum(0, pid_m * BLOCK_M - window + 1)
+            lo = (lo // BLOCK_N) * BLOCK_N
+        for start_n in range(lo, hi, BLOCK_N):
+            cols = start_n + offs_n
+            kv_rows = (start + cols[:, None]).to(tl.int64)
+            kvmask = (cols[:, None] < seqlen) & dmask
+            k = tl.load(K + kv_rows * stride_kt + hk * stride_kh + offs_d[None, :], mask=kvmask, other=0.0)
+            v = tl.load(V + kv_rows * stride_vt + hk * stride_vh + offs_d[None, :], mask=kvmask, other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            visible = cols[None, :] < seqlen
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None])
+            if HAS_WINDOW:
+                visible = visible & (offs_m[:, None] - cols[None, :] < window)
+            p = tl.where(visible, tl.exp2(qk - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        tl.store(DQ + rows_m * stride_dqt + h * stride_dqh + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+                 mask=mmask)
+
+
+def _cfg(D: int, backward: bool) -> dict:
+    """Tile sizes: small tiles under the interpreter (exercise several blocks cheaply); FA2-like on GPU."""
+    block_d = max(16, next_pow2(D))
+    if interpreting():
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=1, num_stages=1)
+    if backward:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8, num_stages=2)
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8, num_stages=3)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check_varlen(q, k, v, cu):
+    if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape or q.shape[-1] != k.shape[-1] or q.shape[0] != k.shape[0]:
+        raise ValueError(f"varlen_attention: expected q (total, Hq, D), k/v (total, Hkv, D); got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"varlen_attention: Hq={q.shape[1]} is not a multiple of Hkv={k.shape[1]}")
+    if cu.dim() != 1:
+        raise ValueError(f"varlen_attention: cu_seqlens must be 1-D (n_seq + 1,), got {tuple(cu.shape)}")
+
+
+@triton_op("xgenmm_triton::varlen_attn_fwd", mutates_args={})
+def varlen_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                    causal: bool, window: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> out (total, Hq, D) in q's dtype, lse (Hq, total) fp32 (log2 domain; +inf for rows with no key)."""
+    total, Hq, D = q.shape
+    Hkv = k.shape[1]
+    o = torch.empty((total, Hq, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((Hq, total), dtype=torch.float32, device=q.device)
+    n_seq = cu_seqlens.shape[0] - 1
+    if total == 0 or n_seq <= 0 or max_seqlen <= 0:
+        return o, lse
+    c = _cfg(D, backward=False)
+    grid = (triton.cdiv(max_seqlen, c["BLOCK_M"]), n_seq, Hq)
+    wrap_triton(_attn_fwd_kernel)[grid](
+        q, k, v, o, lse, cu_seqlens, cu_seqlens, cu_seqlens,
+        0, q.stride(0), q.stride(1), 0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1),
+        0, o.stride(0), o.stride(1), lse.stride(0),
+        0, scale * LOG2E, window, Hq // Hkv, D,
+        CAUSAL=causal, HAS_WINDOW=window > 0, VARLEN=True, STORE_LSE=True, PRECISION=_precision(q.dtype), **c)
+    return o, lse
+
+
+@triton_op("xgenmm_triton::varlen_attn_bwd", mutates_args={})
+def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                    lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, causal: bool, window: int,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    total, Hq, D = q.shape
+    Hkv = k.shape[1]
+    dq = torch.zeros((total, Hq, D), dtype=q.dtype, device=q.device)
+    dk = torch.zeros((total, Hkv, D), dtype=k.dtype, device=k.device)
+    dv = torch.zeros((total, Hkv, D), dtype=v.dtype, device=v.device)
+    n_seq = cu_seqlens.shape[0] - 1
+    if total == 0 or n_seq <= 0 or max_seqlen <= 0:
+        return dq, dk, dv
+    do = _lastdim_contig(do)
+    delta = (do.float() * o.float()).sum(-1).t().contiguous()  # (Hq, total)
+    c = _cfg(D, backward=True)
+    common = dict(CAUSAL=causal, HAS_WINDOW=window > 0, PRECISION=_precision(q.dtype), **c)
+    wrap_triton(_attn_bwd_dkdv_kernel)[(triton.cdiv(max_seqlen, c["BLOCK_N"]), n_seq, Hkv)](
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+        dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
+        scale * LOG2E, scale, window, Hq // Hkv, D, **common)
+    wrap_triton(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen, c["BLOCK_M"]), n_seq, Hq)](
+        q, k, v, do, lse, delta, dq, cu_seqlens,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+        dq.stride(0), dq.stride(1), lse.stride(0),
+        scale * LOG2E, scale, window, Hq // Hkv, D, **common)
+    return dq, dk, dv
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, cu, max_seqlen, causal, window, scale = inputs
+    o, lse = output
+    ctx.max_seqlen, ctx.causal, ctx.window, ctx.scale = max_seqlen, causal, window, scale
+    ctx.save_for_backward(q, k, v, o, lse, cu)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, cu = ctx.saved_tensors
+    dq, dk, dv = varlen_attn_bwd(do, q, k, v, o, lse, cu, ctx.max_seqlen, ctx.causal, ctx.window, ctx.scale)
+    return dq, dk, dv, None, None, None, None, None
+
+
+varlen_attn_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+def varlen_attention_triton(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = True, sliding_window=None,
+                            scale: float | None = None, max_seqlen: int | None = None) -> torch.Tensor:
+    """Same signature and result as `attention.varlen_attention_reference` (plus an optional host-known
+    `max_seqlen`, which saves one device sync)."""
+    if not usable(q, k, v):
+        return varlen_attention_reference(q, k, v, cu_seqlens, causal=causal, sliding_window=sliding_window,
+                                          scale=scale)
+    _check_varlen(q, k, v, cu_seqlens)
+    q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    if max_seqlen is None:
+        max_seqlen = int((cu[1:] - cu[:-1]).max().item()) if cu.numel() > 1 else 0
+    if sliding_window is not None and sliding_window <= 0:
+        raise ValueError(f"varlen_attention: sliding_window must be positive or None, got {sliding_window}")
+    window = 0 if sliding_window is None or sliding_window >= max(max_seqlen, 1) else int(sliding_window)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return varlen_attn_fwd(q, k, v, cu, max_seqlen, causal, window, scale)[0]
+
+
+@triton_op("xgenmm_triton::decode_attn_fwd", mutates_args={})
+def decode_attn_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                    window: int, scale: float) -> torch.Tensor:
+    """q (B, Hq, Tq, D), caches (B, Hkv, Tmax, D), cache_seqlens (B,) int32 -> (B, Hq, Tq, D)."""
+    B, Hq, Tq, D = q.shape
+    Hkv = k_cache.shape[1]
+    o = torch.empty((B, Hq, Tq, D), dtype=q.dtype, device=q.device)
+    if B == 0 or Tq == 0:
+        return o
+    c = _cfg(D, backward=False)
+    if not interpreting():
+        c["BLOCK_M"] = max(16, min(c["BLOCK_M"], next_pow2(Tq)))
+    grid = (triton.cdiv(Tq, c["BLOCK_M"]), B, Hq)
+    wrap_triton(_attn_fwd_kernel)[grid](
+        q, k_cache, v_cache, o, o, cache_seqlens, cache_seqlens, cache_seqlens,
+        q.stride(0), q.stride(2), q.stride(1), k_cache.stride(0), k_cache.stride(2), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(2), v_cache.stride(1), o.stride(0), o.stride(2), o.stride(1), 0,
+        Tq, scale * LOG2E, window, Hq // Hkv, D,
+        CAUSAL=True, HAS_WINDOW=window > 0, VARLEN=False, STORE_LSE=False, PRECISION=_precision(q.dtype), **c)
+    return o
+
+
+def decode_attention_triton(q, k_cache, v_cache, cache_seqlens: torch.Tensor, *, sliding_window=None,
+                            scale: float | None = None) -> torch.Tensor:
+    """Same signature and result as `attention.decode_attention_reference` (forward only)."""
+    if not usable(q, k_cache, v_cache) or (torch.is_grad_enabled() and
+                                            any(t.requires_grad for t in (q, k_cache, v_cache))):
+        return decode_attention_reference(q, k_cache, v_cache, cache_seqlens, sliding_window=sliding_window,
+                                          scale=scale)
+    if q.shape[1] % k_cache.shape[1] or q.shape[-1] != k_cache.shape[-1]:
+        raise ValueError(f"decode_attention: q {tuple(q.shape)} does not fit cache {tuple(k_cache.shape)}")
+    q, k_cache, v_cache = _lastdim_contig(q), _lastdim_contig(k_cache), _lastdim_contig(v_cache)
+    seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    window = 0 if sliding_window is None else int(sliding_window)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return decode_attn_fwd(q, k_cache, v_cache, seqlens, window, scale)
+
