@@ -1,0 +1,354 @@
+"""One SFT training step, ours vs the original pipeline on stock components, same samples, same process.
+
+    python benchmarks/bench_sft_step.py --size released --device cuda --out benchmarks/results/DATE-DEVICE-sft.json
+    python benchmarks/bench_sft_step.py --smoke          # CPU, tiny model: checks that everything runs
+
+ours      packed rows (`data.max_tokens`), XGenMM.forward_packed through the ops dispatch (Triton kernels on
+          GPU), text-only samples encode no image, loss on labelled rows only.
+baseline  the original algorithm on stock modules: transformers' SiglipVisionModel and Phi3 (SDPA
+          attention), a perceiver in plain PyTorch with the key tensor concatenated and the mask
+          materialised, a blank tile encoded for every text-only sample, per-sample insertion of vision
+          tokens into right-padded batches, full-logit cross entropy.
+Both: same weights (copied), bf16 on GPU (fp32 on CPU), activation checkpointing on the decoder layers,
+AdamW over everything but the frozen vision encoder, the same samples per step.
+
+Synthetic data (documented, LLaVA-665k-like): conversation text lengths lognormal with median 150 tokens
+(sigma 0.8, clipped to [24, 2048]); 15% text-only samples; image sizes drawn so that every anyres grid
+occurs (aspect ratios 0.4-2.5, long side 300-1500 px), i.e. (1+n)·128 image tokens with n in {2,3,4}.
+
+FLOPs (model FLOPs, for MFU): decoder 6·P_lm·T + 12·L·d·Σ Tᵢ² / 2 (causal attention, fwd+bwd) over the
+LM tokens T of the step; perceiver 6·P_perc·(chunks·L_lat) plus its attention 12·depth·inner·chunks·L_lat·(g²+L_lat);
+vision encoder forward only 2·P_vis·tiles·g² + 4·layers·d·tiles·g⁴. The measured matmul peak of the same
+run is the denominator.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from xgenmm_fast import XGenMM, XGenMMConfig  # noqa: E402
+from xgenmm_fast.data.anyres import get_anyres_grid_shape  # noqa: E402
+from xgenmm_fast.data.packed import StreamSample, pack_samples  # noqa: E402
+from xgenmm_fast.data.planner import plan_rows  # noqa: E402
+from xgenmm_fast.model.init import init_random_weights  # noqa: E402
+
+
+# ---- synthetic samples --------------------------------------------------------------------------------
+def make_samples(cfg: XGenMMConfig, n: int, seed: int, max_text: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        text = int(min(max_text, max(24, rng.lognormvariate(math.log(150), 0.8))))
+        size = None
+        if rng.random() >= 0.15:
+            aspect = math.exp(rng.uniform(math.log(0.4), math.log(2.5)))
+            long_side = rng.randint(300, 1500)
+            size = (long_side, max(1, int(long_side / aspect))) if aspect >= 1 else (max(1, int(long_side * aspect)), long_side)
+        out.append({"text": text, "size": size, "seed": seed * 100003 + i})
+    return out
+
+
+def materialise(cfg: XGenMMConfig, spec: dict):
+    """token ids (with one <image> after BOS when the sample has an image), labels (answer half), tiles."""
+    g = torch.Generator().manual_seed(spec["seed"])
+    ids = torch.randint(3, cfg.text.pad_token_id, (spec["text"],), generator=g)
+    labels = ids.clone()
+    labels[: spec["text"] // 2] = -100
+    tiles = []
+    if spec["size"] is not None:
+        npw, nph = get_anyres_grid_shape(spec["size"], cfg.anyres_grids, cfg.tile_size)
+        ids[1] = cfg.media_token_id
+        labels[1] = -100
+        tiles = [torch.rand(1 + npw * nph, 3, cfg.tile_size, cfg.tile_size, generator=g) * 2 - 1]
+    return ids, labels, tiles
+
+
+# ---- the baseline: the original algorithm on stock modules -------------------------------------------
+class OriginalPipeline(torch.nn.Module):
+    def __init__(self, ours: XGenMM, attn: str = "sdpa"):
+        super().__init__()
+        from transformers import Phi3Config, SiglipVisionConfig
+        from transformers.models.phi3.modeling_phi3 import Phi3Model
+        from transformers.models.siglip.modeling_siglip import SiglipVisionModel
+        c = ours.config
+        v, t = c.vision, c.text
+        self.cfg = c
+        self.vision = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_hidden_layers,
+            num_attention_heads=v.num_attention_heads, image_size=v.image_size, patch_size=v.patch_size,
+            layer_norm_eps=v.layer_norm_eps, hidden_act="gelu_pytorch_tanh", attn_implementation=attn))
+        self.lm = Phi3Model(Phi3Config(
+            vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+            num_key_value_heads=t.num_key_value_heads, rms_norm_eps=t.rms_norm_eps,
+            max_position_embeddings=max(t.max_position_embeddings, 8192), sliding_window=t.sliding_window,
+            pad_token_id=t.pad_token_id, rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta},
+            attn_implementation=attn))
+        sd = ours.state_dict()
+        self.vision.load_state_dict({k[15:]: w for k, w in sd.items() if k.startswith("vision_encoder.")},
+                                    strict=False)
+        self.lm.load_state_dict({k[17:]: w for k, w in sd.items() if k.startswith("lang_model.model.")
+                                 and "additional_embedding" not in k})
+        self.perceiver = ours.vision_tokenizer.__class__(v.hidden_size, t.hidden_size, c.perceiver)
+        self.perceiver.load_state_dict(ours.vision_tokenizer.state_dict())
+        self.add_emb = torch.nn.Parameter(sd["lang_model.model.embed_tokens.additional_embedding.weight"].clone())
+        self.head_w = torch.nn.Parameter(sd["lang_model.lm_head.weight"].clone())
+        self.head_b = torch.nn.Parameter(sd["lang_model.lm_head.bias"].clone())
+        self.add_w = torch.nn.Parameter(sd["lang_model.lm_head.additional_fc.weight"].clone())
+        self.add_b = torch.nn.Parameter(sd["lang_model.lm_head.additional_fc.bias"].clone())
+        self.vision.requires_grad_(False)
+
+    def perceive(self, x, mask):
+        """The original PerceiverAttention: keys = cat(media, latents), mask materialised per chunk."""
+        p = self.perceiver
+        lat = p.latents.expand(x.shape[0], -1, -1)
+        full_mask = torch.cat([mask, torch.ones(x.shape[0], lat.shape[1], device=x.device, dtype=mask.dtype)], 1)
+        for attn, ff in p.layers:
+            xn, ln = F.layer_norm(x, x.shape[-1:], attn.norm_media.weight, attn.norm_media.bias, attn.norm_media.eps), \
+                F.layer_norm(lat, lat.shape[-1:], attn.norm_latents.weight, attn.norm_latents.bias, attn.norm_latents.eps)
+            h = attn.heads
+            q = attn.to_q(ln)
+            k, v = attn.to_kv(torch.cat([xn, ln], 1)).chunk(2, -1)
+            q, k, v = (z.view(z.shape[0], z.shape[1], h, -1).transpose(1, 2) for z in (q, k, v))
+            sim = (q * attn.scale) @ k.transpose(-1, -2)
+            sim = sim.masked_fill(full_mask[:, None, None, :] == 0, float("-inf"))
+            sim = sim - sim.amax(-1, keepdim=True).detach()
+            out = (sim.softmax(-1) @ v).transpose(1, 2).reshape(lat.shape[0], lat.shape[1], -1)
+            lat = attn.to_out(out) + lat
+            lat = ff(lat) + lat
+        return p.projection(p.norm(lat))
+
+    def forward(self, samples, device, dtype):
+        from xgenmm_fast.data.anyres import anyres_feature_masks
+        from xgenmm_fast.model.xgenmm import group_anyres_features
+        c = self.cfg
+        g = c.vision.grid
+        s = c.tile_size
+        blank = torch.zeros(1, 3, s, s)
+        tiles = [(t[0] if t else blank) for _, _, t, _ in samples]  # the original's blank tile for text-only
+        sizes = [size or (s, s) for _, _, _, size in samples]
+        with torch.no_grad():
+            feats = self.vision(torch.cat(tiles).to(device, dtype)).last_hidden_state
+        chunks, masks = [], []
+        for f, size in zip(feats.split([t.shape[0] for t in tiles]), sizes):
+            if f.shape[0] == 1:
+                chunks.append(f)
+                masks.append(torch.ones(1, g * g, device=device, dtype=dtype))
+            else:
+                shape = get_anyres_grid_shape(size, c.anyres_grids, s)
+                chunks.append(group_anyres_features(f, shape, g))
+                masks.append(anyres_feature_masks(size, c.anyres_grids, s, g, device=device).to(dtype))
+        toks = self.perceive(torch.cat(chunks), torch.cat(masks))
+        toks = [t.flatten(0, 1) for t in toks.split([t.shape[0] for t in tiles])]
+        rows_e, rows_l = [], []
+        base = c.text.initial_tokenizer_len
+        for (ids, labels, _, _), vt in zip(samples, toks):  # per-sample insertion, as the original
+            ids, labels = ids.to(device), labels.to(device)
+            emb = F.embedding(ids.clamp(max=base - 1), self.lm.embed_tokens.weight)
+            emb = torch.where((ids >= base)[:, None], self.add_emb[(ids - base).clamp(0, 2)], emb)
+            where = (ids == c.media_token_id).nonzero().flatten().tolist()
+            if where:
+                i = where[0]
+                emb = torch.cat([emb[:i], vt, emb[i + 1:]])
+                labels = torch.cat([labels[:i], labels.new_full((vt.shape[0],), -100), labels[i + 1:]])
+            rows_e.append(emb)
+            rows_l.append(labels)
+        L = max(r.shape[0] for r in rows_e)
+        E = torch.full((len(rows_e), L, rows_e[0].shape[-1]), float(c.text.pad_token_id), device=device, dtype=dtype)
+        M = torch.zeros(len(rows_e), L, dtype=torch.long, device=device)
+        Y = torch.full((len(rows_e), L), -100, dtype=torch.long, device=device)
+        for i, (e, y) in enumerate(zip(rows_e, rows_l)):
+            E[i, :e.shape[0]], M[i, :e.shape[0]], Y[i, :y.shape[0]] = e, 1, y
+        h = self.lm(inputs_embeds=E, attention_mask=M).last_hidden_state
+        logits = torch.cat([F.linear(h, self.head_w, self.head_b)[..., :base], F.linear(h, self.add_w, self.add_b)], -1)
+        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), Y[:, 1:].reshape(-1),
+                               ignore_index=-100), int(M.sum())
+
+
+# ---- measurement ------------------------------------------------------------------------------------
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        ts.append(time.perf_counter() - t)
+    return sorted(ts)[len(ts) // 2]
+
+
+def matmul_peak(device, dtype, smoke):
+    n = 512 if smoke else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    t = median_time(lambda: a @ b, device, 3 if smoke else 20, 1 if smoke else 5)
+    return 2 * n ** 3 / t
+
+
+def model_flops(cfg: XGenMMConfig, lm_seq_lens: list[int], chunks: int, tiles: int) -> float:
+    t, v, p = cfg.text, cfg.vision, cfg.perceiver
+    d, L = t.hidden_size, t.num_hidden_layers
+    p_lm = L * (d * (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim + d * d
+                + 3 * d * t.intermediate_size) + d * t.num_logits
+    tokens = sum(lm_seq_lens)
+    lm = 6 * p_lm * tokens + 12 * L * d * sum(n * n for n in lm_seq_lens) / 2
+    D, inner = v.hidden_size, p.heads * p.dim_head
+    p_perc = p.depth * (D * inner * 4 + 2 * D * D * p.ff_mult) + D * t.hidden_size
+    g2 = v.num_patches
+    perc = 6 * p_perc * chunks * p.num_latents + 12 * p.depth * inner * chunks * p.num_latents * (g2 + p.num_latents) \
+        + 6 * p.depth * 2 * D * inner * chunks * g2  # to_kv over the media tokens
+    p_vis = v.num_hidden_layers * (4 * D * D + 2 * D * v.intermediate_size)
+    vis = 2 * p_vis * tiles * g2 + 4 * v.num_hidden_layers * D * tiles * g2 * g2
+    return lm + perc + vis
+
+
+def run(args):
+    device = args.device
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    cfg = XGenMMConfig.resolve("tiny_wide" if args.smoke else ("xgenmm_phi3_mini" if args.size == "released" else "tiny"))
+    torch.manual_seed(0)
+    ours = init_random_weights(XGenMM(cfg)).to(device, dtype)
+    ours.set_gradient_checkpointing(True)
+    ours.train()
+    base = OriginalPipeline(ours).to(device, dtype)
+    getattr(base.lm, "activation_checkpointing_enable", base.lm.gradient_checkpointing_enable)()
+    base.train()
+    specs = make_samples(cfg, args.samples, seed=1, max_text=512 if args.smoke else 2048)
+    samples = [(*materialise(cfg, s), s["size"]) for s in specs]  # (ids, labels, tiles, (w, h) or None)
+
+    L = cfg.perceiver.num_latents
+    stream = [StreamSample(ids.tolist(), lab.tolist(), tiles, [s["size"]] if tiles else [])
+              for (ids, lab, tiles, _), s in zip(samples, specs)]
+    lengths = [len(x.input_ids) - len(x.tiles) + L * sum(t.shape[0] for t in x.tiles) for x in stream]
+    budget = args.max_tokens
+    rows = plan_rows(lengths, budget)
+    packed = [pack_samples([stream[i] for i in r], cfg.media_token_id, L, budget).to(device, dtype) for r in rows]
+
+    opt_ours = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-6)
+    opt_base = torch.optim.AdamW([p for p in base.parameters() if p.requires_grad], lr=1e-6)
+
+    def step_ours():
+        for b in packed:
+            out = ours.forward_packed(b)
+            out["loss_sum"].backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def step_base():
+        for i in range(0, len(samples), args.micro_batch):
+            loss, _ = base(samples[i:i + args.micro_batch], device, dtype)
+            loss.backward()
+        opt_base.step()
+        opt_base.zero_grad(set_to_none=True)
+
+    results = []
+    peak_mem = {}
+    times = {}
+    for name, fn in (("ours", step_ours), ("baseline", step_base)):
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times[name] = median_time(fn, device, args.repeats, args.warmup)
+        peak_mem[name] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+
+    # step-time breakdown of ours (each piece timed on its own over the same step)
+    def vision_only():
+        with torch.no_grad():
+            for b in packed:
+                if b.pixel_values is not None:
+                    ours.vision_encoder(b.pixel_values)
+    breakdown = {"vision_encoder_s": median_time(vision_only, device, args.repeats, 1)}
+    breakdown["data_packing_s"] = median_time(
+        lambda: [pack_samples([stream[i] for i in r], cfg.media_token_id, L, budget) for r in rows], "cpu",
+        args.repeats, 0)
+
+    n_samples = len(samples)
+    lm_lens = [int(b.cu_seqlens[i + 1] - b.cu_seqlens[i]) for b in packed for i in range(b.num_samples)]
+    tiles = sum(sum(t.shape[0] for t in x.tiles) for x in stream)
+    chunks = tiles
+    flops = model_flops(cfg, lm_lens, chunks, tiles)
+    peak = matmul_peak(device, dtype, args.smoke)
+    for metric, unit, ours_v, base_v in (
+        ("samples_per_s", "samples/s", n_samples / times["ours"], n_samples / times["baseline"]),
+        ("lm_tokens_per_s", "tokens/s", sum(lm_lens) / times["ours"], sum(lm_lens) / times["baseline"]),
+        ("tiles_per_s", "tiles/s", tiles / times["ours"], tiles / times["baseline"]),
+        ("mfu", "fraction of measured matmul peak", flops / times["ours"] / peak, flops / times["baseline"] / peak),
+    ):
+        results.append({"name": f"sft_step/{metric}", "config": {
+            "size": "smoke" if args.smoke else args.size, "samples_per_step": n_samples, "max_tokens": budget,
+            "rows": len(rows), "micro_batch_baseline": args.micro_batch, "dtype": str(dtype).replace("torch.", ""),
+            "activation_checkpointing": True},
+            "ours": {"value": ours_v, "unit": unit}, "baseline": {"value": base_v, "unit": unit},
+            "speedup": ours_v / base_v if base_v else None,
+            "peak_memory_gb": {"ours": peak_mem["ours"], "baseline": peak_mem["baseline"]}})
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _commit(), "torch": torch.__version__, "triton": _triton_version(),
+        "matmul_peak_tflops": peak / 1e12, "step_time_s": times, "breakdown_ours": breakdown,
+        "results": results,
+    }
+
+
+def _commit():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
+                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
+    except Exception:
+        return None
+
+
+def _triton_version():
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["tiny", "released"], default="released")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--samples", type=int, default=64, help="samples per optimizer step (same for both)")
+    p.add_argument("--micro-batch", type=int, default=8, help="baseline: samples per padded forward (original: 8)")
+    p.add_argument("--max-tokens", type=int, default=8192, help="ours: packed row budget")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--smoke", action="store_true", help="tiny model on CPU, few samples: does it all run")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.device, args.samples, args.micro_batch, args.max_tokens, args.repeats, args.warmup = "cpu", 8, 4, 512, 1, 0
+    res = run(args)
+    text = json.dumps(res, indent=2)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text)
+    for r in res["results"]:
+        print(f"{r['name']:28s} ours {r['ours']['value']:.4g}  baseline {r['baseline']['value']:.4g}  "
+              f"speedup {r['speedup']:.2f}x" if r["speedup"] else r["name"])
+    if not args.out:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
