@@ -1,10 +1,15 @@
-"""`xgenmm-fast` command line: demo, train, validate, export, ops.
+"""`xgenmm-fast` command line: demo, train, validate, export, ops, generate, chat, eval.
 
     xgenmm-fast demo [--out DIR] [key=value ...]        generate shapes data, train, evaluate, answer
     xgenmm-fast train --config CFG.yaml [key=value ...]  sequence-packed SFT on DeepSpeed
+    xgenmm-fast dpo --config CFG.yaml [key=value ...]    sequence-packed DPO on preference pairs
+    xgenmm-fast dpo-demo [--out DIR] [key=value ...]     DPO on generated right/wrong answers, CPU
     xgenmm-fast validate CFG.yaml|DATA                   report records that would fail, per file
     xgenmm-fast export --checkpoints DIR --out DIR       merge a (ZeRO) training checkpoint to HF format
     xgenmm-fast ops                                      which backend each op runs on here
+    xgenmm-fast generate --model DIR --prompt "..."      answer about --image files, streamed
+    xgenmm-fast chat --model DIR                         chat on stdin (/image PATH, /reset, /quit)
+    xgenmm-fast eval --model DIR --questions q.jsonl     accuracy on a JSONL question file
 """
 from __future__ import annotations
 
@@ -26,6 +31,20 @@ def _cmd_train(args) -> int:
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(json.dumps(result.__dict__, indent=2))
     return 0
+
+
+def _cmd_dpo(args) -> int:
+    from .training.config import load_dpo_config
+    from .training.dpo import train_dpo
+    result = train_dpo(load_dpo_config(args.config, args.overrides))
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(result.__dict__, indent=2))
+    return 0
+
+
+def _cmd_dpo_demo(args) -> int:
+    from .demo.dpo_run import run_dpo_demo
+    return run_dpo_demo(args.out, args.overrides)
 
 
 def _cmd_validate(args) -> int:
@@ -63,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 train.zero_stage=3")
     t.set_defaults(fn=_cmd_train)
 
+    dp = sub.add_parser("dpo", help="sequence-packed DPO on preference pairs (launch like train)")
+    dp.add_argument("--config", required=True, help="DPO YAML (training config + dpo: section, training/config.py)")
+    dp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dpo.beta=0.1 dpo.reference=precomputed")
+    dp.set_defaults(fn=_cmd_dpo)
+    dd = sub.add_parser("dpo-demo", help="DPO the demo model on generated right/wrong answers (CPU, ~3 min)")
+    dd.add_argument("--out", default="runs/dpo-demo", help="output directory (default runs/dpo-demo)")
+    dd.add_argument("overrides", nargs="*", help="DPO config overrides, e.g. dpo.beta=0.2")
+    dd.set_defaults(fn=_cmd_dpo_demo)
+
     v = sub.add_parser("validate", help="scan a dataset or mixture and report records that would fail")
     from .data.validate import add_validate_args
     add_validate_args(v)
@@ -76,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("ops", help="show the backend chosen for every op")
     o.set_defaults(fn=_cmd_ops)
+
+    from .inference import cli as infer
+    g = sub.add_parser("generate", help="answer one prompt about images, streaming to stdout")
+    infer.add_generate_args(g)
+    g.set_defaults(fn=infer.run_generate)
+    c = sub.add_parser("chat", help="interactive chat on stdin (/image PATH, /reset, /quit)")
+    infer.add_chat_args(c)
+    c.set_defaults(fn=infer.run_chat)
+    ev = sub.add_parser("eval", help="accuracy on a JSONL question file (open and multiple choice)")
+    infer.add_eval_args(ev)
+    ev.set_defaults(fn=infer.run_eval)
     return p
 
 

@@ -10,6 +10,10 @@ model scatters the perceiver output straight into the embedded stream.
     positions   (N,)        0..len-1 restarting per sample (RoPE)
     targets     (N,)        next-token target of each position (-100: none / not trained)
     pixel_values (T, 3, s, s), tiles_per_image (I,), image_sizes (I,) -- images in stream order
+    media_source (M,) or None   which row of the concatenated image tokens fills each image slot; None:
+                                one to one (slot k takes row k). Set when samples share images
+                                (`pack_samples(images_from=...)`, e.g. a DPO pair's two answers): each
+                                shared image is encoded once and its tokens fill the slots of both.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class PackedBatch:
     image_sizes: list[tuple[int, int]]
     sample_ids: list[str] = field(default_factory=list)
     num_truncated: int = 0
+    media_source: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -53,7 +58,7 @@ class PackedBatch:
             pv = pv.to(dtype)
         return PackedBatch(move(self.input_ids), move(self.media_index), move(self.cu_seqlens),
                            move(self.positions), move(self.targets), pv, self.tiles_per_image,
-                           self.image_sizes, self.sample_ids, self.num_truncated)
+                           self.image_sizes, self.sample_ids, self.num_truncated, move(self.media_source))
 
 
 @dataclass
@@ -75,38 +80,70 @@ def stream_length(input_ids: Sequence[int], tiles_per_image: Sequence[int], medi
 
 
 def pack_samples(samples: Sequence[StreamSample], media_token_id: int, tokens_per_tile: int,
-                 max_tokens: int | None = None) -> PackedBatch:
+                 max_tokens: int | Sequence[int | None] | None = None,
+                 images_from: Sequence[int | None] | None = None) -> PackedBatch:
     """Lay samples back to back. A sample longer than `max_tokens` is cut there (never mid-image:
-    the cut moves before an image that would not fit whole) and counted in `num_truncated`."""
-    ids_out, media_out, pos_out, tgt_out = [], [], [], []
+    the cut moves before an image that would not fit whole) and counted in `num_truncated`.
+
+    max_tokens: one limit for every sample, or one per sample (None: no limit).
+    images_from: optional, per sample, the index of an EARLIER sample whose images this sample's
+        `<image>` slots show (its own `tiles` are not used): those images are encoded once and
+        `media_source` maps every slot to its row of image tokens. None (the default): each sample
+        brings its own images and `media_source` stays None (one to one).
+    """
+    n_samples = len(samples)
+    limits = list(max_tokens) if isinstance(max_tokens, (list, tuple)) else [max_tokens] * n_samples
+    if len(limits) != n_samples:
+        raise ValueError(f"max_tokens has {len(limits)} entries for {n_samples} samples")
+    if images_from is not None and len(images_from) != n_samples:
+        raise ValueError(f"images_from has {len(images_from)} entries for {n_samples} samples")
+    ids_out, media_out, pos_out, tgt_out, source_out = [], [], [], [], []
     cu = [0]
     tiles, sizes, sample_ids, truncated = [], [], [], 0
-    for s in samples:
+    image_rows: list[list[tuple[int, int]]] = []  # per sample: (first row, rows) of each image it shows
+    token_rows = 0  # image-token rows of the images encoded so far
+    for j, (s, limit) in enumerate(zip(samples, limits)):
+        owner = None if images_from is None else images_from[j]
+        if owner is not None and not 0 <= owner < j:
+            raise ValueError(f"sample {s.sample_id!r} (#{j}): images_from={owner} must name an earlier sample")
+        n_images = len(s.tiles) if owner is None else len(samples[owner].tiles)
         start = cu[-1]
         ids: list[int] = []
         labels: list[int] = []
+        shown: list[tuple[int, int]] = []
         img_i = 0
         cut = False
         for t, lab in zip(s.input_ids, s.labels):
-            if t == media_token_id and img_i < len(s.tiles):
-                n = tokens_per_tile * s.tiles[img_i].shape[0]
-                if max_tokens is not None and len(ids) + n > max_tokens:
+            if t == media_token_id and img_i < n_images:
+                if owner is None:
+                    row0, n = token_rows, tokens_per_tile * s.tiles[img_i].shape[0]
+                elif img_i < len(image_rows[owner]):
+                    row0, n = image_rows[owner][img_i]
+                else:
+                    raise ValueError(f"sample {s.sample_id!r}: its image {img_i + 1} comes from sample "
+                                     f"#{owner}, which was cut before that image")
+                if limit is not None and len(ids) + n > limit:
                     cut = True
                     break
                 media_out.extend(range(start + len(ids), start + len(ids) + n))
+                source_out.extend(range(row0, row0 + n))
+                shown.append((row0, n))
                 ids.extend([0] * n)
                 labels.extend([IGNORE_INDEX] * n)
-                tiles.append(s.tiles[img_i])
-                sizes.append(tuple(int(v) for v in s.image_sizes[img_i]))
+                if owner is None:
+                    tiles.append(s.tiles[img_i])
+                    sizes.append(tuple(int(v) for v in s.image_sizes[img_i]))
+                    token_rows += n
                 img_i += 1
                 continue
             if t == media_token_id:
-                raise ValueError(f"sample {s.sample_id!r}: more <image> tokens than images ({len(s.tiles)})")
-            if max_tokens is not None and len(ids) >= max_tokens:
+                raise ValueError(f"sample {s.sample_id!r}: more <image> tokens than images ({n_images})")
+            if limit is not None and len(ids) >= limit:
                 cut = True
                 break
             ids.append(int(t))
             labels.append(int(lab))
+        image_rows.append(shown)
         truncated += int(cut)
         n = len(ids)
         ids_out.extend(ids)
@@ -114,6 +151,7 @@ def pack_samples(samples: Sequence[StreamSample], media_token_id: int, tokens_pe
         tgt_out.extend(labels[1:] + [IGNORE_INDEX])  # target of position t is the label of t + 1
         cu.append(start + n)
         sample_ids.append(s.sample_id)
+    shared = images_from is not None and any(o is not None for o in images_from)
     return PackedBatch(
         input_ids=torch.tensor(ids_out, dtype=torch.long),
         media_index=torch.tensor(media_out, dtype=torch.long),
@@ -125,4 +163,5 @@ def pack_samples(samples: Sequence[StreamSample], media_token_id: int, tokens_pe
         image_sizes=sizes,
         sample_ids=sample_ids,
         num_truncated=truncated,
+        media_source=torch.tensor(source_out, dtype=torch.long) if shared else None,
     )

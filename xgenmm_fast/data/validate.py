@@ -2,6 +2,8 @@
 
     xgenmm-fast validate train.yaml            # a config with a `data:` section
     xgenmm-fast validate data/mix.yaml         # or a mixture YAML, a .json/.jsonl file, or a folder of them
+    xgenmm-fast validate dpo.yaml              # a DPO config (it has a `dpo:` section): preference records
+    xgenmm-fast validate prefs.json --preference [--format rlaif_v]
 
 Config: the training config (training/config.py) is read as `xgenmm-fast train` reads it; only these
 keys matter here, other keys are ignored::
@@ -20,6 +22,8 @@ keys matter here, other keys are ignored::
                                     #   `model: NAME` works too; default: the released model)
     train:
       seed: 42                      # mixture sampling seed, as training uses it
+    dpo:                            # present (a DPO config): the records are preference pairs
+      format: auto                  #   (data/preference.py: canonical, vlfeedback, rlaif_v, llava_rlhf)
 
 Paths are taken as written (relative ones from the current directory), as training does; file names
 inside a mixture YAML are relative to the YAML, and image paths as described in sources.py.
@@ -33,6 +37,9 @@ so the verdicts are the ones training would reach):
   empty or unreadable, and with ``check_images="decode"`` images whose pixels do not decode;
 - warnings (the record trains, cut): text longer than ``max_text_tokens`` ("would be truncated") and a
   stream longer than ``max_tokens`` ("would be truncated to the budget").
+Preference data (``preference=True``; data/preference.py) is checked as `xgenmm-fast dpo` reads it:
+records converted from their format, the prompt + each answer tokenized, images as above; lengths are
+a pair's (prompt twice, both answers).
 A mixture is checked as training would load it (the sampled records, each distinct record once); with
 ``all_records=True`` every record of every listed file is checked. Files that cannot be read at all
 (missing, invalid JSON, ...) are reported as file errors. Exit code: 0 when nothing is bad, else 1.
@@ -199,12 +206,15 @@ def _decode_check(paths: list[str], workers: int) -> dict[str, str | None]:
 def validate_dataset(data_spec, path_map=None, tokenizer=None, info=None, config=None,
                      max_text_tokens: int = DEFAULT_MAX_LENGTH, max_tokens: int | None = None,
                      check_images: str = "decode", seed: int = DEFAULT_SEED, base_dir=None,
-                     all_records: bool = False, io_workers: int = DEFAULT_IO_WORKERS) -> ValidationReport:
+                     all_records: bool = False, io_workers: int = DEFAULT_IO_WORKERS,
+                     preference: bool | None = False, format: str = "auto") -> ValidationReport:
     """Check ``data_spec`` (sources.load_records specs) record by record; see the module docstring.
 
     tokenizer/info: a prepared tokenizer (None: the tiny offline one, with a note in the report);
-    config: XGenMMConfig-like (None: the released model's geometry). Never raises for bad data or
-    unreadable data files; raises ValueError for bad arguments.
+    config: XGenMMConfig-like (None: the released model's geometry); preference/format: the records are
+    DPO preference pairs in that format (data/preference.py), None: decided by the first record's keys.
+    Never raises for bad data or unreadable
+    data files; raises ValueError for bad arguments.
     """
     if check_images not in CHECK_IMAGES:
         raise ValueError(f"check_images must be one of {CHECK_IMAGES}, got {check_images!r}")
@@ -256,7 +266,24 @@ def validate_dataset(data_spec, path_map=None, tokenizer=None, info=None, config
     if not records:
         return report
 
-    ds = SFTDataset(records, tokenizer, info, config, max_text_tokens=max_text_tokens, io_workers=io_workers)
+    if preference is None:  # decide from the first record's keys
+        from .preference import looks_like_preference
+
+        preference = looks_like_preference(records[0].data)
+        if preference:
+            report.notes.append("the records look like preference pairs (chosen/rejected, ...): checked as DPO "
+                                "data (--preference or a config with a `dpo:` section says so explicitly)")
+    if preference:
+        from .preference import canonicalize_records
+
+        records = canonicalize_records(records, pm, format)
+    if preference:
+        from .preference import PreferenceDataset
+
+        ds = PreferenceDataset(records, tokenizer, info, config, max_text_tokens=max_text_tokens, format=format,
+                               io_workers=io_workers)
+    else:
+        ds = SFTDataset(records, tokenizer, info, config, max_text_tokens=max_text_tokens, io_workers=io_workers)
     lengths = ds.estimate_lengths()
     decoded: dict[str, str | None] = {}
     if check_images == "decode":
@@ -276,14 +303,19 @@ def validate_dataset(data_spec, path_map=None, tokenizer=None, info=None, config
             fr.issues.append(RecordIssue(rec.index, rec.sample_id, ERROR,
                                          reason if n == 1 else f"image {j + 1} of {n}: {reason}"))
             continue
-        if k in ds.truncated_records:
+        if k in ds.truncated_records and preference:
+            fr.issues.append(RecordIssue(rec.index, rec.sample_id, WARNING,
+                                         f"prompt + an answer is longer than max_text_tokens={max_text_tokens}: "
+                                         "the answer would be truncated"))
+        elif k in ds.truncated_records:
             full = _full_text_length(rec.data, tokenizer, info)
             fr.issues.append(RecordIssue(rec.index, rec.sample_id, WARNING,
                                          f"text is {full} tokens > max_text_tokens={max_text_tokens}: "
                                          "would be truncated"))
         if max_tokens is not None and lengths[k] > max_tokens:
+            what = "pair stream length (prompt twice + both answers)" if preference else "stream length"
             fr.issues.append(RecordIssue(rec.index, rec.sample_id, WARNING,
-                                         f"stream length {lengths[k]} tokens (text + image tokens) > "
+                                         f"{what} {lengths[k]} tokens (text + image tokens) > "
                                          f"max_tokens={max_tokens}: would be truncated to the budget"))
     for fr in report.files:
         fr.images_checked = len(images_per_file.get(id(fr), ()))
@@ -326,6 +358,10 @@ def add_validate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON ('-' for stdout)")
     parser.add_argument("--max-lines", type=int, default=None, help="issue lines shown per file")
     parser.add_argument("--io-workers", type=int, default=DEFAULT_IO_WORKERS, help="threads reading images")
+    parser.add_argument("--preference", action="store_true", default=None,
+                        help="DPO preference records (implied by a config with a `dpo:` section)")
+    parser.add_argument("--format", default=None, help="preference record format: auto (default), canonical, "
+                                                       "vlfeedback, rlaif_v, llava_rlhf")
     return parser
 
 
@@ -341,6 +377,8 @@ class DataSection:
     seed: int = DEFAULT_SEED
     model: str | None = None  # preset name, config.json or checkpoint directory
     notes: list[str] = field(default_factory=list)
+    preference: bool | None = None  # DPO preference records (a `dpo:` section: True); None: by the records' keys
+    format: str = "auto"  # their format (dpo.format)
 
 
 def _training_default(name: str, fallback):
@@ -395,6 +433,9 @@ def read_data_section(path) -> DataSection:
         seed=seed,
     )
     sec.model = _model_spec(cfg.get("model"), sec.notes)
+    if isinstance(cfg.get("dpo"), dict):
+        sec.preference = True
+        sec.format = str(cfg["dpo"].get("format", "auto"))
     return sec
 
 
@@ -447,6 +488,8 @@ def run_validate(args) -> int:
         seed=arg("seed", sec.seed),
         all_records=bool(getattr(args, "all_records", False)),
         io_workers=arg("io_workers", DEFAULT_IO_WORKERS),
+        preference=arg("preference", sec.preference),
+        format=arg("format", sec.format),
     )
     report.notes.extend(sec.notes)
     print(report.format(getattr(args, "max_lines", None)))

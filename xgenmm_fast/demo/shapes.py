@@ -107,6 +107,44 @@ def make_dataset(out_dir: str, n_train: int = 400, n_heldout: int = 60, seed: in
     return paths
 
 
+def wrong_answer(rng: random.Random, kind: str, facts: dict) -> str:
+    """A plausible but false answer of the same kind (another colour, shape or count)."""
+    if kind == "colour":
+        options = [c for c in COLOURS if c != facts["colour"]]
+    elif kind == "shape":
+        options = [s for s in SHAPES if s != facts["shape"]]
+    else:
+        options = [w for n, w in enumerate(NUMBER_WORDS) if n >= 1 and n != facts["count"]]
+    return rng.choice(options)
+
+
+def make_preference_dataset(out_dir: str, n_train: int = 300, n_heldout: int = 40, seed: int = 0,
+                            kinds: tuple[str, ...] = tuple(QUESTIONS)) -> dict[str, str]:
+    """Preference pairs about generated pictures (canonical records, data/preference.py): per picture and
+    question kind one pair, chosen = the true answer, rejected = a wrong one of the same kind. Writes
+    images/ plus train_pref.json and heldout_pref.json (unseen pictures; records carry "kind" and
+    "facts"); returns {"train": path, "heldout": path}."""
+    rng = random.Random(seed)
+    img_dir = os.path.join(out_dir, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    paths = {}
+    for split, n in (("train", n_train), ("heldout", n_heldout)):
+        records = []
+        for i in range(n):
+            name = f"pref-{split}-{i:04d}.png"
+            facts = _new_image(rng, img_dir, name)
+            for kind in kinds:
+                records.append({"id": f"pref-{split}-{i:04d}-{kind}", "image": f"images/{name}",
+                                "conversations": [{"from": "human", "value": "<image>\n" + QUESTIONS[kind]}],
+                                "chosen": answer_for(kind, facts), "rejected": wrong_answer(rng, kind, facts),
+                                "kind": kind, "facts": facts})
+        rng.shuffle(records)
+        paths[split] = os.path.join(out_dir, f"{split}_pref.json")
+        with open(paths[split], "w", encoding="utf-8") as f:
+            json.dump(records, f, indent=1)
+    return paths
+
+
 def make_bundled_assets(out_dir: str) -> None:
     """The few pictures committed under demo_assets/ (one per grid family)."""
     rng = random.Random(1234)

@@ -60,7 +60,13 @@ class DecoupledLinear(nn.Module):
         nn.init.normal_(self.additional_fc.weight, std=0.02)
         nn.init.zeros_(self.additional_fc.bias)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """h (..., E) -> logits (..., num_base + n_additional); with `targets` (N,) for h (N, E): the
+        per-row log p(target) (N,) in fp32 instead, without materialising the logits (0 where -100).
+        (A module call either way, so that sharded parameters, e.g. ZeRO-3's, are gathered.)"""
+        if targets is not None:
+            return loss.linear_token_logprobs(h, self.weight, self.bias, self.additional_fc.weight,
+                                              self.additional_fc.bias, self.num_base, targets)
         return loss.decoupled_logits(h, self.weight, self.bias, self.additional_fc.weight,
                                      self.additional_fc.bias, self.num_base)
 
@@ -101,6 +107,31 @@ class Phi3Attention(nn.Module):
                                     sliding_window=self.cfg.sliding_window).transpose(1, 2)
         return self.o_proj(o.reshape(*lead, nq))
 
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache, layer_idx: int,
+                       cu_seqlens: torch.Tensor | None = None):
+        """Generation (xgenmm_fast.inference): the same attention, reading and filling a KV cache.
+
+        Prefill (`cu_seqlens` given): x (total, E) packed prompts; every token's K/V goes into the cache and
+        attention runs varlen within each prompt. Decode: x (B, T, E), the T newest tokens of each cache row;
+        queries attend over the cached keys (`ops.attention.decode_attention`), sliding window included.
+        `cache` is an `inference.kv_cache.KVCache` on which a step has begun.
+        """
+        lead = x.shape[:-1]
+        qkv = self.qkv_proj(x)
+        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q = qkv[..., :nq].view(*lead, self.n_heads, self.head_dim)
+        k = qkv[..., nq:nq + nkv].view(*lead, self.n_kv, self.head_dim)
+        v = qkv[..., nq + nkv:].view(*lead, self.n_kv, self.head_dim)
+        q, k = rope.apply_rope(q, k, cos, sin)
+        cache.append(layer_idx, k, v)
+        if cu_seqlens is not None:
+            o = attention.varlen_attention(q, k, v, cu_seqlens, causal=True, sliding_window=self.cfg.sliding_window)
+        else:
+            k_cache, v_cache, seqlens = cache.view(layer_idx)
+            o = attention.decode_attention(q.transpose(1, 2), k_cache, v_cache, seqlens,
+                                           sliding_window=self.cfg.sliding_window).transpose(1, 2)
+        return self.o_proj(o.reshape(*lead, nq))
+
 
 class Phi3MLP(nn.Module):
     def __init__(self, cfg: TextConfig):
@@ -124,6 +155,10 @@ class Phi3DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, layout)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def forward_cached(self, x, cos, sin, cache, layer_idx: int, cu_seqlens=None):
+        x = x + self.self_attn.forward_cached(self.input_layernorm(x), cos, sin, cache, layer_idx, cu_seqlens)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
 
 class Phi3Model(nn.Module):
     def __init__(self, cfg: TextConfig):
@@ -144,6 +179,25 @@ class Phi3Model(nn.Module):
                 x = checkpoint(layer, x, cos, sin, layout, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, layout)
+        return self.norm(x)
+
+    def forward_cached(self, inputs_embeds: torch.Tensor, cache, cu_seqlens: torch.Tensor | None = None):
+        """One generation step over a KV cache (xgenmm_fast.inference.kv_cache.KVCache); final hidden states.
+
+        Prefill: inputs_embeds (total, E) packed prompts, `cu_seqlens` (B + 1,) int32; the cache rows must be
+        empty. Decode: inputs_embeds (B, T, E), T new tokens per cache row. RoPE positions are the cache
+        positions (a prompt starts at 0). The step is committed to the cache before returning.
+        """
+        if cu_seqlens is not None:
+            cache.begin_prefill(cu_seqlens)
+        else:
+            cache.begin_decode(inputs_embeds.shape[1])
+        cos, sin = rope.rope_cos_sin(cache.positions(), self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+        x = inputs_embeds
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_cached(x, cos, sin, cache, i, cu_seqlens)
+        cache.commit()
         return self.norm(x)
 
 

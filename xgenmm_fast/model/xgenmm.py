@@ -100,19 +100,25 @@ class XGenMM(nn.Module):
         save_pretrained(self, out_dir, max_shard_size=max_shard_size)
 
     # ---- vision -----------------------------------------------------------------------------------
+    def encode_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values (T, 3, s, s) -> SigLIP features (T, g², D); no autograd graph while the encoder is
+        frozen, so the features of a frozen encoder can be reused (e.g. by a DPO reference model)."""
+        frozen = not any(p.requires_grad for p in self.vision_encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            return self.vision_encoder(pixel_values)
+
     def encode_images(self, pixel_values: torch.Tensor, tiles_per_image: Sequence[int],
-                      image_sizes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+                      image_sizes: Sequence[Sequence[int]], features: torch.Tensor | None = None) -> list[torch.Tensor]:
         """pixel_values (T, 3, s, s) for all images' tiles back to back -> per image ((1+n)·L, E).
 
         An image with one tile (e.g. a blank placeholder) is one chunk with an all-ones mask; an image
-        with 1 + n tiles must have the n-tile grid its size selects.
+        with 1 + n tiles must have the n-tile grid its size selects. `features` (T, g², D): the vision
+        encoder's output for these tiles, computed earlier (`encode_vision_features`); skips the encoder.
         """
         if len(tiles_per_image) == 0:
             return []
         g = self.config.vision.grid
-        frozen = not any(p.requires_grad for p in self.vision_encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            feats = self.vision_encoder(pixel_values)  # (T, g², D)
+        feats = self.encode_vision_features(pixel_values) if features is None else features  # (T, g², D)
         chunks, masks = [], []
         for i, (f, size) in enumerate(zip(feats.split(list(tiles_per_image)), image_sizes)):
             if f.shape[0] == 1:
@@ -132,7 +138,8 @@ class XGenMM(nn.Module):
 
     # ---- the original's forward ------------------------------------------------------------------
     def forward(self, vision_x=None, lang_x: torch.Tensor | None = None, attention_mask=None, labels=None,
-                image_size=None, return_logits: bool = True, packed=None, **unused):
+                image_size=None, return_logits: bool = True, packed=None, packed_logprobs: bool = False,
+                vision_features=None, **unused):
         """Original call form (SPEC, issue 2 §5).
 
         vision_x: None, or a list with one entry per sample: a tile tensor (1, 1+n, 3, s, s) or
@@ -140,9 +147,12 @@ class XGenMM(nn.Module):
         image_size: matching (w, h) per image (a list per sample when vision_x is nested).
         lang_x, attention_mask, labels: (B, T) with `<image>` ids where images go.
         Returns logits over the multimodal sequence (B, L, V), right-padded, and the mean shifted CE.
-        `packed=PackedBatch` runs `forward_packed` instead (the form DeepSpeed's engine calls).
+        `packed=PackedBatch` runs `forward_packed` instead (the form DeepSpeed's engine calls), or
+        `forward_packed_logprobs` with `packed_logprobs=True` (`vision_features` passed on).
         """
         if packed is not None:
+            if packed_logprobs:
+                return self.forward_packed_logprobs(packed, vision_features=vision_features)
             return self.forward_packed(packed)
         if lang_x is None:
             raise ValueError("lang_x (B, T) token ids are required")
@@ -168,12 +178,7 @@ class XGenMM(nn.Module):
         whole global batch (across accumulation steps and ranks); `loss` is the batch-local mean.
         Logits are only computed at positions with a target unless `return_logits`.
         """
-        embeds = self.lang_model.get_input_embeddings()(batch.input_ids)
-        if batch.media_index.numel():
-            dtype = self.vision_encoder.embeddings.patch_embedding.weight.dtype
-            tokens = self.encode_images(batch.pixel_values.to(dtype), batch.tiles_per_image, batch.image_sizes)
-            embeds = embeds.index_put((batch.media_index,), torch.cat(tokens).to(embeds.dtype))
-        hidden = self.lang_model(embeds, batch.positions, AttentionLayout(cu_seqlens=batch.cu_seqlens))
+        hidden, _ = self._packed_hidden(batch)
         keep = batch.targets != IGNORE_INDEX
         out: dict = {}
         if return_logits:
@@ -185,6 +190,43 @@ class XGenMM(nn.Module):
         n = keep.sum()
         out.update(loss_sum=loss_sum, num_targets=n, loss=loss_sum / n.clamp_min(1))
         return out
+
+    def forward_packed_logprobs(self, batch, vision_features: torch.Tensor | None = None) -> dict:
+        """Summed log-probs of every sequence's labelled targets over a `PackedBatch` (DPO's quantity).
+
+        Returns {"logps": (S,) fp32 sum of log p(target) per sequence, "num_targets": (S,) int64,
+        "vision_features": (T, g², D) or None}. Only the hidden rows with a target go through the head
+        (`ops.loss.linear_token_logprobs`; no (N, V) logits). `vision_features` (the encoder's output for
+        `batch.pixel_values`, e.g. returned by the policy's pass) skips the vision encoder; the returned
+        ones are detached when the encoder is frozen, else None.
+        """
+        hidden, feats = self._packed_hidden(batch, vision_features)
+        keep = batch.targets != IGNORE_INDEX
+        rows = keep.nonzero().flatten()  # (K,) stream positions with a target
+        lp = self.lang_model.lm_head(hidden[rows], targets=batch.targets[rows])  # (K,) fp32
+        bounds = batch.cu_seqlens[1:].to(device=rows.device, dtype=torch.long)
+        seq = torch.searchsorted(bounds, rows, right=True)  # (K,) sequence of each target row
+        S = batch.cu_seqlens.numel() - 1
+        logps = lp.new_zeros(S).index_add(0, seq, lp)
+        counts = torch.bincount(seq, minlength=S)
+        frozen = feats is not None and not feats.requires_grad
+        return {"logps": logps, "num_targets": counts, "vision_features": feats.detach() if frozen else None}
+
+    def _packed_hidden(self, batch, vision_features: torch.Tensor | None = None):
+        """Final hidden states (N, E) of a `PackedBatch`, and the vision features used (None: no image)."""
+        embeds = self.lang_model.get_input_embeddings()(batch.input_ids)
+        feats = None
+        if batch.media_index.numel():
+            dtype = self.vision_encoder.embeddings.patch_embedding.weight.dtype
+            pixels = batch.pixel_values.to(dtype)
+            feats = self.encode_vision_features(pixels) if vision_features is None else vision_features
+            tokens = torch.cat(self.encode_images(pixels, batch.tiles_per_image, batch.image_sizes, features=feats))
+            source = getattr(batch, "media_source", None)
+            if source is not None:  # slots sharing an image take the same rows (encoded once)
+                tokens = tokens.index_select(0, source)
+            embeds = embeds.index_put((batch.media_index,), tokens.to(embeds.dtype))
+        hidden = self.lang_model(embeds, batch.positions, AttentionLayout(cu_seqlens=batch.cu_seqlens))
+        return hidden, feats
 
     def _images_per_sample(self, vision_x, image_size, lang_x) -> list[list[torch.Tensor]]:
         """Encode only the images whose sample has <image> tokens; returns per-sample token lists."""
@@ -260,3 +302,21 @@ class XGenMM(nn.Module):
             if labels is not None:
                 out_labels[i, :rows_l[i].shape[0]] = rows_l[i]
         return embeds, mask, out_labels
+
+    # ---- generation (xgenmm_fast.inference: packed prefill, KV cache, decode steps) ----------------
+    def generate(self, vision_x, lang_x: torch.Tensor, image_size=None, attention_mask=None, **kwargs):
+        """The original `generate(vision_x, lang_x, attention_mask, image_size=..., **hf_kwargs)`.
+
+        `lang_x` (B, T) may be left-padded (tokens with attention_mask 0 are dropped); vision_x and
+        image_size as in `forward`. Returns only the new tokens, (B, n), padded with pad_token_id after
+        each row's stop id, as HF's generate did for the original's inputs_embeds call. Keyword arguments:
+        see `xgenmm_fast.inference.generate.generate_original`.
+        """
+        from ..inference.generate import generate_original
+        return generate_original(self, vision_x, lang_x, image_size=image_size, attention_mask=attention_mask,
+                                 **kwargs)
+
+    def chat(self, images, question: str, history=None, tokenizer=None, **kwargs):
+        """One chat turn with the Phi-3 template -> (answer, history). See `xgenmm_fast.inference.generate.chat`."""
+        from ..inference.generate import chat
+        return chat(self, images, question, history=history, tokenizer=tokenizer, **kwargs)

@@ -14,7 +14,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.packed import PackedBatch, StreamSample, pack_samples
+from ..data.packed import PackedBatch, StreamSample, pack_samples  # noqa: F401 (StreamSample: re-export)
+from ..data.sft_dataset import BadSample
 from ..data.planner import EpochPlan, plan_epoch
 
 
@@ -39,13 +40,16 @@ class MicroBatch:
 
 
 class _MicroBatchDataset(Dataset):
-    """Item k = the k-th micro-batch of this rank from `first_step` on, within one epoch's plan."""
+    """Item k = the k-th micro-batch of this rank from `first_step` on, within one epoch's plan.
+    `collate(samples) -> batch` packs the good items (default: pack_samples; DPO packs pairs)."""
 
     def __init__(self, dataset, plan: EpochPlan, geo: StepGeometry, first_step_in_epoch: int,
-                 num_steps: int, media_token_id: int, tokens_per_tile: int, max_tokens: int):
+                 num_steps: int, media_token_id: int, tokens_per_tile: int, max_tokens: int,
+                 collate: Callable | None = None):
         self.dataset, self.plan, self.geo = dataset, plan, geo
         self.first, self.num_steps = first_step_in_epoch, num_steps
         self.media_token_id, self.tokens_per_tile, self.max_tokens = media_token_id, tokens_per_tile, max_tokens
+        self.collate = collate
 
     def __len__(self) -> int:
         return self.num_steps * self.geo.grad_accum
@@ -61,11 +65,13 @@ class _MicroBatchDataset(Dataset):
         for row in self.rows_for(k):
             for idx in row:
                 item = self.dataset[idx]
-                if isinstance(item, StreamSample):
-                    samples.append(item)
-                else:  # a BadSample: reported, never raised here (the loop decides: skip or fail fast)
+                if isinstance(item, BadSample):  # reported, never raised here (the loop decides: skip or fail fast)
                     skipped.append((idx, getattr(item, "sample_id", ""), getattr(item, "location", ""),
                                     getattr(item, "reason", str(item))))
+                else:
+                    samples.append(item)
+        if self.collate is not None:
+            return self.collate(samples), skipped
         batch = pack_samples(samples, self.media_token_id, self.tokens_per_tile, max_tokens=self.max_tokens)
         return batch, skipped
 
@@ -77,8 +83,10 @@ def epoch_steps(plan: EpochPlan, geo: StepGeometry) -> int:
 def iterate_micro_batches(dataset, good_indices: Sequence[int], lengths: Sequence[int], geo: StepGeometry, *,
                           start_step: int, total_steps: int, seed: int, budget: int, window: int,
                           media_token_id: int, tokens_per_tile: int, num_workers: int,
-                          on_epoch: Callable[[int, EpochPlan], None] | None = None) -> Iterator[MicroBatch]:
-    """Yields this rank's micro-batches for global steps [start_step, total_steps), epoch after epoch."""
+                          on_epoch: Callable[[int, EpochPlan], None] | None = None,
+                          collate: Callable | None = None) -> Iterator[MicroBatch]:
+    """Yields this rank's micro-batches for global steps [start_step, total_steps), epoch after epoch.
+    `collate(samples) -> batch` replaces pack_samples (e.g. preference.pack_pairs for DPO)."""
     step, epoch, epoch_start = 0, 0, 0
     while step < total_steps:
         plan = plan_epoch(good_indices, lengths, budget, seed, epoch, window)
@@ -92,7 +100,8 @@ def iterate_micro_batches(dataset, good_indices: Sequence[int], lengths: Sequenc
         if start_step < epoch_end:
             first = max(start_step, epoch_start) - epoch_start
             count = min(epoch_end, total_steps) - epoch_start - first
-            ds = _MicroBatchDataset(dataset, plan, geo, first, count, media_token_id, tokens_per_tile, budget)
+            ds = _MicroBatchDataset(dataset, plan, geo, first, count, media_token_id, tokens_per_tile, budget,
+                                    collate)
             loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers,
                                 collate_fn=lambda x: x, persistent_workers=False,
                                 prefetch_factor=4 if num_workers > 0 else None)

@@ -5,6 +5,7 @@
     data:     what to read (shared with `xgenmm-fast validate`)
     optim:    AdamW and the learning-rate schedule
     train:    steps, batch geometry, DeepSpeed, checkpoints, logging
+    dpo:      (DPOConfig, `xgenmm-fast dpo` only) the preference loss, its reference model, the data format
 """
 from __future__ import annotations
 
@@ -78,9 +79,52 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Any:
-    """Defaults <- YAML file <- dot-list overrides; unknown keys are errors (typos must not pass)."""
-    cfg = OmegaConf.structured(TrainConfig)
+@dataclass
+class DPOSection:
+    beta: float = 0.1  # SPEC §5 reference value
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo
+    label_smoothing: float = 0.0  # sigmoid only: conservative DPO's assumed label-noise rate, in [0, 0.5)
+    nll_weight: float = 0.0  # weight of the NLL term on the chosen answers (mean per token); 0 = off
+    reference: str = "online"  # online: a frozen copy of the starting weights runs next to the policy |
+    #                            precomputed: its log-probs computed once before training, kept in the run dir
+    format: str = "auto"  # preference record format: auto | canonical | vlfeedback | rlaif_v | llava_rlhf
+
+
+def _dpo_train_section() -> TrainSection:
+    return TrainSection(output_dir="runs/dpo")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """The SFT config plus `dpo:`; `data.data_path` holds preference records (data/preference.py)."""
+    train: TrainSection = field(default_factory=_dpo_train_section)
+    dpo: DPOSection = field(default_factory=DPOSection)
+
+
+def load_dpo_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Any:
+    """`load_config` with the DPOConfig schema, plus checks of the `dpo:` section."""
+    cfg = load_config(path, overrides, schema=DPOConfig)
+    d = cfg.dpo
+    if d.loss not in ("sigmoid", "ipo"):
+        raise ValueError(f"dpo.loss must be sigmoid or ipo, got {d.loss!r}")
+    if d.reference not in ("online", "precomputed"):
+        raise ValueError(f"dpo.reference must be online or precomputed, got {d.reference!r}")
+    if d.beta <= 0:
+        raise ValueError(f"dpo.beta must be positive, got {d.beta}")
+    if not 0.0 <= d.label_smoothing < 0.5:
+        raise ValueError(f"dpo.label_smoothing must be in [0, 0.5), got {d.label_smoothing}")
+    if d.nll_weight < 0:
+        raise ValueError(f"dpo.nll_weight must be >= 0, got {d.nll_weight}")
+    from ..data.preference import FORMATS
+    if d.format not in FORMATS:
+        raise ValueError(f"dpo.format must be one of {', '.join(FORMATS)}, got {d.format!r}")
+    return cfg
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None, schema: type = TrainConfig) -> Any:
+    """Defaults <- YAML file <- dot-list overrides; unknown keys are errors (typos must not pass).
+    `schema`: TrainConfig (SFT) or DPOConfig."""
+    cfg = OmegaConf.structured(schema)
     if path:
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
