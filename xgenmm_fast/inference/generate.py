@@ -481,13 +481,8 @@ def requests_from_original(model, vision_x, lang_x: torch.Tensor, image_size=Non
     if mask.shape != lang_x.shape:
         raise ValueError(f"attention_mask {tuple(mask.shape)} does not match lang_x {tuple(lang_x.shape)}")
     if vision_x is not None:
-        if isinstance(vision_x, torch.Tensor):
-            raise TypeError("vision_x must be a list with one entry per sample (anyres tiles vary in count); "
-                            "got a single tensor")
-        if len(vision_x) != B:
-            raise ValueError(f"vision_x has {len(vision_x)} entries for a batch of {B} samples")
-        if image_size is None:
-            raise ValueError("image_size (w, h) per image is required with anyres vision_x")
+        from ..model.xgenmm import check_vision_inputs
+        check_vision_inputs(vision_x, image_size, B)
     out = []
     for i in range(B):
         ids = lang_x[i][mask[i].bool()].tolist()

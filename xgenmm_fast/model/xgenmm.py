@@ -39,6 +39,17 @@ class XGenMMOutput:
         return getattr(self, key) if isinstance(key, str) else (self.loss, self.logits)[key]
 
 
+def check_vision_inputs(vision_x, image_size, batch_size: int) -> None:
+    """The original's anyres input form: a list with one entry per sample, and image sizes beside it."""
+    if isinstance(vision_x, torch.Tensor):
+        raise TypeError("vision_x must be a list with one entry per sample (anyres tiles vary in count); "
+                        "got a single tensor")
+    if len(vision_x) != batch_size:
+        raise ValueError(f"vision_x has {len(vision_x)} entries for a batch of {batch_size} samples")
+    if image_size is None:
+        raise ValueError("image_size (w, h) per image is required with anyres vision_x")
+
+
 def group_anyres_features(features: torch.Tensor, grid_shape: Sequence[int], g: int) -> torch.Tensor:
     """features (1 + n, g², D) of [base, tile_0..tile_{n-1}] -> (1 + n, g², D) perceiver inputs.
 
@@ -233,13 +244,7 @@ class XGenMM(nn.Module):
         B = lang_x.shape[0]
         if vision_x is None:
             return [[] for _ in range(B)]
-        if isinstance(vision_x, torch.Tensor):
-            raise TypeError("vision_x must be a list with one entry per sample (anyres tiles vary in count); "
-                            "got a single tensor")
-        if len(vision_x) != B:
-            raise ValueError(f"vision_x has {len(vision_x)} entries for a batch of {B} samples")
-        if image_size is None:
-            raise ValueError("image_size (w, h) per image is required with anyres vision_x")
+        check_vision_inputs(vision_x, image_size, B)
         tiles, sizes, owner = [], [], []
         n_media = (lang_x == self.media_token_id).sum(1).tolist()
         for i in range(B):
