@@ -34,13 +34,13 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
 
+from _common import cpu_model, git_commit  # noqa: E402  (benchmarks/_common.py)
 from xgenmm_fast import _ext
 from xgenmm_fast.data.anyres import DEFAULT_GRIDS, TILE, get_anyres_grid_shape
 from xgenmm_fast.data.planner import packing_efficiency, plan_epoch, plan_rows_reference
@@ -55,33 +55,6 @@ IMAGE_MIX = (
     (0.10, (1024, 1024), (4 / 3,)),  # TextVQA-like
     (0.05, (200, 383), (1.0, 4 / 3, 3 / 4)),  # small images
 )
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str | None:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
-        )
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10, check=False
-        )
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def llava_like_lengths(n: int, seed: int) -> tuple[list[int], dict]:
