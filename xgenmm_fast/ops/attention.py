@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import dispatch
+from . import dispatch, library_attention
 
 
 def _repeat_kv(x: torch.Tensor, n_rep: int, head_dim_axis: int) -> torch.Tensor:
@@ -142,6 +142,7 @@ dispatch.register("varlen_attention", "sdpa", varlen_attention_sdpa)
 dispatch.register("varlen_attention", "reference", varlen_attention_reference)
 dispatch.register("perceiver_attention", "reference", perceiver_attention_reference)
 dispatch.register("decode_attention", "reference", decode_attention_reference)
+library_attention.register()  # flash-attn / torch varlen_attn, where installed and on CUDA
 
 
 def attention(q, k, v, **kw):
