@@ -7,7 +7,8 @@ or Triton never breaks `import xgenmm_fast`. Each backend also falls back to the
 for tensors it cannot run on (CPU tensors without the interpreter; bf16 under the interpreter).
 
 One op per file: rms_norm, rope, swiglu, fused_linear_ce (linear_cross_entropy + linear_token_logprobs),
-varlen_attention (varlen_attention + decode_attention), perceiver_attention.
+varlen_attention (varlen_attention + decode_attention), perceiver_attention,
+vision_merge (merge_vision_tokens).
 """
 from __future__ import annotations
 
@@ -43,13 +44,15 @@ def register_backends() -> list[tuple[str, str]]:
     from .rope import apply_rope_triton
     from .swiglu import swiglu_triton
     from .varlen_attention import decode_attention_triton, varlen_attention_triton
+    from .vision_merge import merge_vision_tokens_triton
 
     prefer = cuda_available()
     for op, fn in (("rms_norm", rms_norm_triton), ("rope", apply_rope_triton), ("swiglu", swiglu_triton),
                    ("linear_cross_entropy", linear_cross_entropy_triton),
                    ("linear_token_logprobs", linear_token_logprobs_triton),
                    ("varlen_attention", varlen_attention_triton), ("decode_attention", decode_attention_triton),
-                   ("perceiver_attention", perceiver_attention_triton)):
+                   ("perceiver_attention", perceiver_attention_triton),
+                   ("merge_vision_tokens", merge_vision_tokens_triton)):
         dispatch.register(op, "triton", fn, available=enabled, prefer=prefer)
         REGISTERED.append((op, "triton"))
     return REGISTERED
