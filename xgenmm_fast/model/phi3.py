@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import TextConfig
-from ..ops import activations, attention, loss, norms, rope
+from ..ops import activations, attention, embedding, loss, norms, rope
 
 
 @dataclass
@@ -28,7 +28,13 @@ class AttentionLayout:
 
 
 class DecoupledEmbedding(nn.Module):
-    """ids <= initial_len-1 read `weight` [vocab_rows, E]; the added ids read `additional_embedding`."""
+    """ids <= initial_len-1 read `weight` [vocab_rows, E]; the added ids read `additional_embedding`.
+
+    Called with `media_index` (the packed path), the lookup and the scatter of image tokens into the
+    stream are one op (`ops.embedding.merge_vision_tokens`), still as a call of this module so that
+    ZeRO-3 gathers `weight`. (`additional_embedding.weight`, [3, E], is read directly there: under ZeRO-3
+    it stays whole because it is below DeepSpeed's default `stage3_param_persistence_threshold`.)
+    """
 
     def __init__(self, num_embeddings: int, dim: int, num_base: int, num_additional: int, padding_idx: int):
         super().__init__()
@@ -38,7 +44,13 @@ class DecoupledEmbedding(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
         nn.init.normal_(self.additional_embedding.weight, std=0.02)  # as the original created them
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, media_index: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+                media_source: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (...) -> embeddings (..., E). With `media_index` (M,) for ids (N,): the rows at media_index take
+        the image tokens (K, E) instead — tokens[media_source[j]], or tokens[j] without media_source."""
+        if media_index is not None:
+            return embedding.merge_vision_tokens(ids, self.weight, self.additional_embedding.weight, self.num_base,
+                                                 media_index, tokens, media_source)
         is_added = ids >= self.num_base
         base = F.embedding(ids.masked_fill(is_added, 0), self.weight)
         if not bool(is_added.any()):
@@ -60,10 +72,17 @@ class DecoupledLinear(nn.Module):
         nn.init.normal_(self.additional_fc.weight, std=0.02)
         nn.init.zeros_(self.additional_fc.bias)
 
-    def forward(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """h (..., E) -> logits (..., num_base + n_additional); with `targets` (N,) for h (N, E): the
-        per-row log p(target) (N,) in fp32 instead, without materialising the logits (0 where -100).
+    def forward(self, h: torch.Tensor, targets: torch.Tensor | None = None,
+                reduction: str | None = None) -> torch.Tensor:
+        """h (..., E) -> logits (..., num_base + n_additional). With `targets` (N,) for h (N, E), and without
+        materialising the logits: the per-row log p(target) (N,) in fp32 (0 where -100), or, given
+        `reduction` ("sum" / "mean"), the fp32 cross entropy over the targets that are not -100.
         (A module call either way, so that sharded parameters, e.g. ZeRO-3's, are gathered.)"""
+        if reduction is not None:
+            if targets is None:
+                raise ValueError(f"DecoupledLinear: reduction={reduction!r} needs targets")
+            return loss.linear_cross_entropy(h, self.weight, self.bias, self.additional_fc.weight,
+                                             self.additional_fc.bias, self.num_base, targets, reduction)
         if targets is not None:
             return loss.linear_token_logprobs(h, self.weight, self.bias, self.additional_fc.weight,
                                               self.additional_fc.bias, self.num_base, targets)

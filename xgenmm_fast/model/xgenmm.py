@@ -187,17 +187,15 @@ class XGenMM(nn.Module):
 
         `loss_sum` is the summed CE over labelled targets so that callers can form the mean over a
         whole global batch (across accumulation steps and ranks); `loss` is the batch-local mean.
-        Logits are only computed at positions with a target unless `return_logits`.
+        The loss goes through the fused head + cross entropy (`ops.loss.linear_cross_entropy`) over the
+        rows with a target: no (K, V) logits exist unless `return_logits` asks for all of them (N, V).
         """
         hidden, _ = self._packed_hidden(batch)
         keep = batch.targets != IGNORE_INDEX
         out: dict = {}
         if return_logits:
             out["logits"] = self.lang_model.lm_head(hidden)
-            logits = out["logits"][keep]
-        else:
-            logits = self.lang_model.lm_head(hidden[keep])
-        loss_sum = loss_ops.token_cross_entropy(logits, batch.targets[keep], reduction="sum")
+        loss_sum = self.lang_model.lm_head(hidden[keep], targets=batch.targets[keep], reduction="sum")
         n = keep.sum()
         out.update(loss_sum=loss_sum, num_targets=n, loss=loss_sum / n.clamp_min(1))
         return out
@@ -224,18 +222,20 @@ class XGenMM(nn.Module):
         return {"logps": logps, "num_targets": counts, "vision_features": feats.detach() if frozen else None}
 
     def _packed_hidden(self, batch, vision_features: torch.Tensor | None = None):
-        """Final hidden states (N, E) of a `PackedBatch`, and the vision features used (None: no image)."""
-        embeds = self.lang_model.get_input_embeddings()(batch.input_ids)
-        feats = None
+        """Final hidden states (N, E) of a `PackedBatch`, and the vision features used (None: no image).
+
+        The stream's embeddings come from one op (`ops.embedding.merge_vision_tokens`, a call of the
+        embedding module): text rows look up the decoupled vocabulary, image slots take their perceiver
+        tokens (slots sharing an image, `media_source`, take the same rows: encoded once)."""
+        feats = tokens = source = None
         if batch.media_index.numel():
             dtype = self.vision_encoder.embeddings.patch_embedding.weight.dtype
             pixels = batch.pixel_values.to(dtype)
             feats = self.encode_vision_features(pixels) if vision_features is None else vision_features
             tokens = torch.cat(self.encode_images(pixels, batch.tiles_per_image, batch.image_sizes, features=feats))
             source = getattr(batch, "media_source", None)
-            if source is not None:  # slots sharing an image take the same rows (encoded once)
-                tokens = tokens.index_select(0, source)
-            embeds = embeds.index_put((batch.media_index,), tokens.to(embeds.dtype))
+        embeds = self.lang_model.get_input_embeddings()(batch.input_ids, media_index=batch.media_index,
+                                                        tokens=tokens, media_source=source)  # (N, E)
         hidden = self.lang_model(embeds, batch.positions, AttentionLayout(cu_seqlens=batch.cu_seqlens))
         return hidden, feats
 
