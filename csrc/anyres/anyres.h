@@ -8,6 +8,11 @@
 //      per-image pipeline: best grid -> resize -> paste centred on black -> s x s tiles, plus the
 //      base tile (original resized straight to s x s), normalised into a caller-owned buffer
 //      (total_tiles, 3, s, s), CHW, parallel over images.
+//
+// The GPU path (anyres_cuda.h, one kernel for a batch uploaded as one flat buffer) computes the
+// same values per output pixel with the code in anyres_pack_device.h, from tables that
+// anyres_pack.h builds with the functions below; its CPU emulation (anyres_pack_emulate) is
+// tested against anyres_preprocess bit for bit.
 #pragma once
 
 #include <array>

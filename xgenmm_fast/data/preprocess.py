@@ -1,14 +1,18 @@
 """Batch anyres preprocessing (SPEC §3): images -> encoder tiles, grid shapes and perceiver masks.
 
-``preprocess_images`` is what the rest of the library calls. Two backends, same outputs:
+``preprocess_images`` is what the rest of the library calls. Three backends, same outputs:
 
 - "cpp": csrc/anyres through ``xgenmm_fast._C``: one call for the whole batch, parallel over images
   with the GIL released, written straight into one (total_tiles, 3, s, s) tensor. Bit-exact with
   the Pillow path: it reproduces Pillow's bicubic fixed-point resampler and ToTensor + Normalize's
   float32 arithmetic.
+- "cuda": csrc/anyres/anyres_cuda.cu: the images are uploaded once, as one flat uint8 buffer, and
+  one kernel writes every tile on the GPU (bfloat16 by default). Its per-pixel code is the C++
+  path's arithmetic (bit-exact with it); ``_C.anyres_pack_emulated`` runs that code on the CPU
+  for the tests. Needs the extension built against a CUDA torch (setup.py's CUDA hook).
 - "pillow": the original's per-image Pillow code (``xgenmm_fast.data.pillow_ref``).
 
-"auto" is "cpp" when the extension is built, else "pillow".
+"auto" is "cpp" when the extension is built, else "pillow" (never "cuda": pick it explicitly).
 
 PIL images in modes L, LA, RGB, RGBA, RGBX and I;16 go to C++ as arrays as they are (the C++ side
 converts them exactly as ``convert("RGB")`` would); P and PA through their palette here; any other
@@ -38,7 +42,7 @@ except ImportError:  # only PIL inputs and the "pillow" backend need it
 PATCH = 14  # SigLIP so400m/14 patch size: a tile gives a (TILE // PATCH)^2 = 27 x 27 feature map
 DEFAULT_MEAN = (0.5, 0.5, 0.5)  # SigLIP's normalisation
 DEFAULT_STD = (0.5, 0.5, 0.5)
-BACKENDS = ("auto", "cpp", "pillow")
+BACKENDS = ("auto", "cpp", "cuda", "pillow")
 
 ImageInput = Union["Image.Image", np.ndarray]
 
@@ -181,6 +185,79 @@ def pillow_pass_order() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Packed path (CUDA kernel, and its CPU emulation for the tests)
+# ---------------------------------------------------------------------------------------------
+
+_PACK_ALIGN = 16  # byte alignment of each image in the flat buffer
+
+
+def pack_source_buffer(arrays: Sequence[np.ndarray], pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images back to back in one flat buffer, as the packed kernels take them.
+
+    arrays: C-contiguous uint8 (H, W) / (H, W, C) or native-endian uint16 (H, W) (``image_to_array``).
+    Returns (data, descs): data a 1-D uint8 CPU tensor (pinned when ``pin_memory``), each image at a
+    16-byte aligned offset; descs a CPU int64 (n_images, 5) tensor of rows [byte_offset, height,
+    width, channels, bytes_per_channel].
+    """
+    arrays = [a.astype("<u2", copy=False) if a.dtype == np.uint16 else a for a in arrays]  # kernels read LE
+    descs = np.zeros((len(arrays), 5), dtype=np.int64)
+    total = 0
+    for i, a in enumerate(arrays):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"image {i}: array must be C-contiguous (use image_to_array)")
+        descs[i] = (total, a.shape[0], a.shape[1], a.shape[2] if a.ndim == 3 else 1, a.itemsize)
+        total += -(-a.nbytes // _PACK_ALIGN) * _PACK_ALIGN
+    data = torch.empty(total, dtype=torch.uint8, pin_memory=pin_memory)
+    for a, off in zip(arrays, descs[:, 0].tolist()):  # torch's copy_ uses several threads on big images
+        data[off : off + a.nbytes].copy_(_as_tensor(a.reshape(-1).view(np.uint8)))
+    descs = torch.from_numpy(descs)
+    return data, descs
+
+
+def _cuda_device(out: torch.Tensor | None, device) -> torch.device:
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f'preprocess_images(backend="cuda"): no CUDA device is available (torch {torch.__version__}, '
+            f"CUDA {torch.version.cuda}); use backend=\"cpp\""
+        )
+    if device is None:
+        on_gpu = out is not None and out.device.type == "cuda"
+        dev = out.device if on_gpu else torch.device("cuda", torch.cuda.current_device())
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type != "cuda":
+        raise ValueError(f'preprocess_images(backend="cuda"): device must be a CUDA device, got {dev}')
+    if out is not None and out.device != dev:
+        raise ValueError(f"out is on {out.device}; expected a tensor on {dev}")
+    return dev
+
+
+def _run_packed(arrays, grids, tile, mean, std, out, order, *, emulate: bool, device=None):
+    """(pixel_values, tiles_per_image, grid_shapes) from the packed path: the CUDA kernel (output on
+    the GPU, bfloat16 unless ``out`` says otherwise), or with ``emulate`` its per-pixel code on the
+    CPU (float32 unless ``out`` says otherwise)."""
+    if emulate:
+        data, descs = pack_source_buffer(arrays)
+        return _ext.cpp_function("anyres_pack_emulated")(data, descs, grids, tile, mean, std, out, None, order)
+    ext = _ext.cpp_ext()
+    run = getattr(ext, "anyres_preprocess_cuda", None)
+    if run is None:
+        raise _ext.ExtensionNotBuiltError(
+            'preprocess_images(backend="cuda"): xgenmm_fast._C was built without CUDA (it needs a CUDA build of '
+            f"torch, here {torch.__version__}, and nvcc at build time; XGENMM_NO_CUDA=1 also turns it off); "
+            f'rebuild with `{_ext.BUILD_COMMAND}` on a CUDA machine, or use backend="cpp"'
+        )
+    dev = _cuda_device(out, device)
+    data, descs = pack_source_buffer(arrays, pin_memory=True)
+    dtype = None if out is not None else "bfloat16"
+    with torch.cuda.device(dev):
+        data = data.to(dev, non_blocking=True)  # one upload, on the stream the kernel then runs on
+        return run(data, descs, grids, tile, mean, std, out, dtype, order)
+
+
+# ---------------------------------------------------------------------------------------------
 # Batch API
 # ---------------------------------------------------------------------------------------------
 
@@ -204,22 +281,33 @@ def preprocess_images(
     patch: int = PATCH,
     out: torch.Tensor | None = None,
     resize_order: str = "installed",
+    device: torch.device | str | None = None,
 ) -> AnyresBatch:
     """Anyres tiles, grid shapes and perceiver masks for a batch of images.
 
     images: PIL images (any mode) or numpy arrays, uint8 (H, W) / (H, W, C in 1..4) or uint16 (H, W).
     grids: [(width, height)] in pixels, multiples of ``tile``. mean / std: per RGB channel.
     num_threads: C++ worker threads, 0 = all cores. patch: encoder patch size, g = tile // patch.
+    backend: "auto" (= "cpp" when the extension is built, else "pillow"), "cpp", "cuda" or "pillow".
     out: optional contiguous (total_tiles, 3, tile, tile) float32 / bfloat16 / float16 tensor to
-    write into (bfloat16 / float16 values are the float32 results rounded once).
-    resize_order (C++ path): "installed" matches the installed Pillow's bicubic resize; "pillow13" is
-    Pillow 13's pass order (vertical first when the height shrinks much more than the width);
-    "horizontal_first" is older Pillow's, which the released models were most likely trained with.
+    write into (bfloat16 / float16 values are the float32 results rounded once); on the GPU for "cuda".
+    resize_order (C++ and CUDA paths): "installed" matches the installed Pillow's bicubic resize;
+    "pillow13" is Pillow 13's pass order (vertical first when the height shrinks much more than the
+    width); "horizontal_first" is older Pillow's, which the released models were most likely trained with.
+    device ("cuda" only): the GPU to work on; default ``out``'s device, else the current CUDA device.
+
+    backend="cuda": pixel_values is a (total_tiles, 3, tile, tile) tensor on the GPU, bfloat16 unless
+    ``out`` gives another dtype, written by one kernel on the current CUDA stream (asynchronous, like
+    any CUDA op); the values equal the "cpp" backend's (float32, or rounded once to 16 bits).
+    feature_masks stay on the CPU. ExtensionNotBuiltError when the extension was built without CUDA,
+    RuntimeError when there is no CUDA device.
     """
     orders = {"installed": None, "pillow13": "pillow", "horizontal_first": "horizontal_first"}
     if resize_order not in orders:
         raise ValueError(f"resize_order must be one of {sorted(orders)}, got {resize_order!r}")
     backend = _resolve_backend(backend)
+    if device is not None and backend != "cuda":
+        raise ValueError(f'device applies to backend="cuda"; got device={device!r} with backend={backend!r}')
     grid_list = [(int(g[0]), int(g[1])) for g in grids]
     if not grid_list:
         raise ValueError("grids is empty; expected [(width, height), ...]")
@@ -229,6 +317,21 @@ def preprocess_images(
     mean3 = [float(m) for m in mean]
     std3 = [float(s) for s in std]
     sizes = [_image_size(im) for im in images]
+
+    if backend == "cuda":
+        order = orders[resize_order] or pillow_pass_order()
+        arrays = [image_to_array(im, f"image {i}") for i, im in enumerate(images)]
+        pixel_values, tiles, shapes = _run_packed(
+            arrays, grid_list, tile, mean3, std3, out, order, emulate=False, device=device
+        )
+        masks = _ext.cpp_function("anyres_feature_masks")(sizes, grid_list, tile, g) if sizes else []
+        return AnyresBatch(
+            pixel_values=pixel_values,
+            tiles_per_image=[int(t) for t in tiles],
+            grid_shapes=[(int(a), int(b)) for a, b in shapes],
+            image_sizes=sizes,
+            feature_masks=list(masks),
+        )
 
     if backend == "cpp":
         run = _ext.cpp_function("anyres_preprocess")
