@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check for the Triton kernels (issue #4): build the extension, run the kernel tests (the `gpu`-marked
-# ones — bf16, torch.compile, CUDA dispatch — and then the whole tests/kernels suite on CUDA), run the
-# kernel benchmarks, and print a short table last. Everything lands under RESULTS_DIR. Budget: < 8 min.
+# GPU check for the Triton kernels and the CUDA anyres kernel (issue #4): build the extension (csrc/**/*.cu too),
+# run the `gpu`-marked kernel tests (bf16, torch.compile, CUDA dispatch, anyres kernel vs C++) and all of tests/kernels
+# on CUDA, the kernel benchmarks, and print a short table last. Everything lands under RESULTS_DIR. Budget: < 8 min.
 #
 #   scripts/gpu_check.sh RESULTS_DIR
 set -uo pipefail
@@ -31,7 +31,9 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to RESULTS/NA
 } >"$RESULTS/env.txt" 2>&1
 : >"$RESULTS/steps.jsonl"
 
-step build_ext 120 "$PY" setup.py build_ext --inplace
+# a CUDA torch turns setup.py's CUDA hook on: csrc/**/*.cu (the anyres packing kernel) join _C
+step build_ext 180 "$PY" setup.py build_ext --inplace
+step cuda_ext 30 "$PY" -c "from xgenmm_fast import _C; assert hasattr(_C, 'anyres_preprocess_cuda'), 'built without CUDA'"
 step pytest_gpu 150 "$PY" -m pytest -m gpu tests/kernels -q -rs -p no:cacheprovider \
   --junitxml="$RESULTS/pytest_gpu.xml"
 step pytest_kernels 120 "$PY" -m pytest tests/kernels -q -rs -p no:cacheprovider \
