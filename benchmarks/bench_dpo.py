@@ -2,7 +2,8 @@
 same pairs, same weights, same process.
 
     python benchmarks/bench_dpo.py --size tiny --device cpu                       # a couple of minutes on CPU
-    python benchmarks/bench_dpo.py --size released --device cuda --out benchmarks/results/DATE-DEVICE-dpo.json
+    python benchmarks/bench_dpo.py --size released --device cuda --results-dir benchmarks/results
+    python benchmarks/bench_dpo.py --smoke --out /tmp/dpo.json                   # seconds: does it all run
 
 ours      each step's pairs packed into one row per `--max-tokens` (data/preference.pack_pairs): prompt +
           chosen and prompt + rejected back to back, each pair's image encoded ONCE and its tokens shown
@@ -21,25 +22,24 @@ anyres grid, i.e. 1 + n tiles with n in {2, 3, 4}) and answers of lognormal leng
 `--answer-tokens`). Reported per config: pairs/s (median step time over `--repeats`), speedup, peak
 memory above the weights (CUDA: max allocated; CPU: peak C heap in use, glibc mallinfo2, sampled) and
 the largest log-prob difference between the two ways (a correctness check).
+
+Rows (common format, benchmarks/README.md): dpo_step (pairs/s, higher is better; target >= 2x) with
+peak_memory_gb, and dpo_step/peak_memory (GB, lower is better; target ours <= 0.5x the baseline, i.e. a
+"speedup" >= 2). The JSON goes to stdout unless --out / --results-dir is given; the table to stderr.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
 import math
 import os
 import random
-import subprocess
 import sys
-import threading
-import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import PeakMemory, add_output_args, cpu_model, emit, median_time, result  # noqa: E402
 
 from xgenmm_fast import XGenMM, XGenMMConfig  # noqa: E402
 from xgenmm_fast.data.anyres import get_anyres_grid_shape  # noqa: E402
@@ -151,98 +151,6 @@ def baseline_step(policy, reference, pairs, device, dtype):
     return loss.detach(), torch.stack([pc.detach(), pr.detach()], 1).flatten()
 
 
-# ---- measurement --------------------------------------------------------------------------------------
-def _heap_in_use():
-    """Bytes the C heap has handed out and not taken back (glibc mallinfo2: arenas + mmapped blocks);
-    torch's CPU tensors live there. Unlike the resident set it drops as soon as memory is freed."""
-    import ctypes
-    import ctypes.util
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.mallinfo2.restype = MallInfo2
-
-    def read():
-        m = libc.mallinfo2()
-        return m.uordblks + m.hblkhd
-    return read
-
-
-class PeakMemory:
-    """CUDA: max allocated during the block; CPU: peak of the C heap in use during the block minus its
-    level at the start (glibc mallinfo2, sampled every millisecond: short spikes can be missed)."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def __enter__(self):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        self.read = _heap_in_use()
-        self.base = self.peak = self.read()
-        self.done = False
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while not self.done:
-            self.peak = max(self.peak, self.read())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.gb = (torch.cuda.max_memory_allocated() - self.base) / 2**30
-        else:
-            self.done = True
-            self.thread.join()
-            self.peak = max(self.peak, self.read())
-            self.gb = (self.peak - self.base) / 2**30
-        return False
-
-
-def median_time(fn, device, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2]
-
-
-def git_commit():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_name(device):
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "cpu")
-    except OSError:
-        model = "cpu"
-    return f"{model} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-
-
 def run_config(policy, reference, cfg_row, device, dtype, repeats, warmup):
     pairs = make_pairs(policy.config, cfg_row["pairs"], cfg_row["prompt_tokens"], cfg_row["answer_tokens"], seed=7)
     policy.zero_grad(set_to_none=True)
@@ -260,22 +168,26 @@ def run_config(policy, reference, cfg_row, device, dtype, repeats, warmup):
         policy.zero_grad(set_to_none=True)
         baseline_step(policy, reference, pairs, device, dtype)
 
-    t_ours = median_time(ours, device, repeats, warmup)
-    t_base = median_time(base, device, repeats, warmup)
+    t_ours = median_time(ours, repeats, warmup, device)
+    t_base = median_time(base, repeats, warmup, device)
     with PeakMemory(device) as m_ours:
         ours()
     with PeakMemory(device) as m_base:
         base()
     n = len(pairs)
-    return {"name": cfg_row["name"], "config": cfg_row,
-            "ours": {"pairs_per_s": n / t_ours, "step_s": t_ours},
-            "baseline": {"pairs_per_s": n / t_base, "step_s": t_base},
-            "speedup": t_base / t_ours,
-            "peak_memory_gb": {"ours": m_ours.gb, "baseline": m_base.gb,
-                               "how": "cuda max_memory_allocated minus allocated before the step (weights)"
-                               if device == "cuda" else "CPU: peak C-heap in use during one step minus before "
-                               "(glibc mallinfo2, sampled every 1 ms)"},
-            "max_abs_logp_diff": diff, "max_abs_logp": scale}
+    name, config = cfg_row["name"], {k: v for k, v in cfg_row.items() if k != "name"}
+    memory = {"ours": m_ours.gb, "baseline": m_base.gb, "how": m_ours.how}
+    extra = {"step_s": {"ours": t_ours, "baseline": t_base}, "max_abs_logp_diff": diff, "max_abs_logp": scale}
+    return [result(name, config, (n / t_ours, "pairs/s"), (n / t_base, "pairs/s"), higher_is_better=True,
+                   peak_memory_gb=memory, extra=extra),
+            result(f"{name}/peak_memory", config, (m_ours.gb, "GB"), (m_base.gb, "GB"), higher_is_better=False,
+                   extra={"how": m_ours.how})]
+
+
+def device_name(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def main(argv=None):
@@ -289,8 +201,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing on the decoder layers")
-    ap.add_argument("--out", default=None, help="write the JSON here (default: stdout only)")
+    ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, 4 pairs, 1 repeat: does it all run")
+    add_output_args(ap)
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.size, args.device, args.repeats, args.warmup = "tiny", "cpu", 1, 0
+        args.pairs, args.prompt_tokens, args.answer_tokens = args.pairs or 4, args.prompt_tokens or 32, \
+            args.answer_tokens or 8
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no GPU here")
     tiny = args.size == "tiny"
@@ -306,28 +223,19 @@ def main(argv=None):
              "prompt_tokens": args.prompt_tokens or (64 if tiny else 200),
              "answer_tokens": args.answer_tokens or (16 if tiny else 120),
              "max_tokens": args.max_tokens or (2048 if tiny else 8192),
-             "size": args.size, "dtype": str(dtype).replace("torch.", ""), "beta": BETA,
-             "activation_checkpointing": args.checkpointing}]
+             "size": args.size, "device": args.device, "dtype": str(dtype).replace("torch.", ""), "beta": BETA,
+             "activation_checkpointing": args.checkpointing, "smoke": args.smoke}]
     results = []
     for row in rows:
-        r = run_config(policy, reference, row, args.device, dtype, args.repeats, args.warmup)
-        results.append(r)
-        print(f"{r['name']}: ours {r['ours']['pairs_per_s']:.2f} pairs/s, baseline {r['baseline']['pairs_per_s']:.2f} "
-              f"pairs/s, speedup {r['speedup']:.2f}x; peak memory ours {r['peak_memory_gb']['ours']:.3f} GB, "
-              f"baseline {r['peak_memory_gb']['baseline']:.3f} GB; max |logp diff| {r['max_abs_logp_diff']:.2e} "
-              f"(|logp| up to {r['max_abs_logp']:.1f})", file=sys.stderr)
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    report = {"device": device_name(args.device), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "commit": git_commit(), "torch": torch.__version__, "triton": triton_version, "results": results}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        r, m = run_config(policy, reference, row, args.device, dtype, args.repeats, args.warmup)
+        results += [r, m]
+        pm = r["peak_memory_gb"]
+        print(f"{r['name']}: ours {r['ours']['value']:.2f} pairs/s, baseline {r['baseline']['value']:.2f} "
+              f"pairs/s, speedup {r['speedup']:.2f}x; peak memory ours {pm['ours']:.3f} GB, "
+              f"baseline {pm['baseline']:.3f} GB (ours {pm['ours'] / max(pm['baseline'], 1e-12):.2f}x); "
+              f"max |logp diff| {r['extra']['max_abs_logp_diff']:.2e} (|logp| up to {r['extra']['max_abs_logp']:.1f})",
+              file=sys.stderr)
+    emit(args, results, "bench_dpo", {"device_detail": device_name(args.device)})
 
 
 if __name__ == "__main__":

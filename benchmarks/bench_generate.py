@@ -15,7 +15,12 @@ Median of --repeats runs, ours and the baseline taking turns. Both must produce 
 in fp32 (checked; reported as `tokens_match`).
 
     python benchmarks/bench_generate.py --device cpu --size tiny --out /tmp/gen.json
-    python benchmarks/bench_generate.py --device cuda --size released --out results/gen-h100.json
+    python benchmarks/bench_generate.py --device cuda --size released --results-dir benchmarks/results
+    python benchmarks/bench_generate.py --smoke          # tiny, batch 1 and 2, 4 tokens: does it all run
+
+Rows (common format, benchmarks/README.md): time_to_first_token and end_to_end (s, lower is better),
+prefill_throughput and decode_throughput (tokens/s, higher is better), each /batch=B. Without --out or
+--results-dir the JSON goes to stdout; the table goes to stderr.
 
 Sizes: tiny (tests' preset), small (a few-million-parameter CPU model with a real-size vocabulary),
 released (SPEC §1 sizes, random weights: for a GPU).
@@ -23,16 +28,14 @@ released (SPEC §1 sizes, random weights: for a GPU).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
+
+from _common import add_output_args, cpu_model, emit, load_average, result  # noqa: E402  (benchmarks/)
 
 from xgenmm_fast import XGenMM, XGenMMConfig
 from xgenmm_fast.config import PerceiverConfig, TextConfig, VisionConfig
@@ -92,39 +95,6 @@ def make_requests(model: XGenMM, batch: int, seed: int = 0) -> list[Request]:
     return out
 
 
-def git_commit() -> str | None:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
-                             check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
-                               timeout=10, check=False)
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def triton_version() -> str | None:
-    try:
-        import triton
-        return triton.__version__
-    except Exception:
-        return None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -134,15 +104,18 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--out", help="write the JSON here (default: print it)")
+    ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, batch 1 and 2, 4 new tokens, 1 repeat")
+    add_output_args(ap)
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.device, args.size, args.batch_sizes, args.new_tokens, args.repeats = "cpu", "tiny", [1, 2], 4, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "fp32": torch.float32,
              "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    load_at_start = load_average()
 
     model = build_model(args.size, device, dtype)
     hf = hf_causal_lm(model, attn_implementation="sdpa")
@@ -183,11 +156,13 @@ def main(argv=None) -> int:
             t["baseN"].append(dt)
         med = {k: statistics.median(v) for k, v in t.items()}
         same = sum(a == b for a, b in zip(ours_tokens, base_tokens))
-        config = {"batch": B, "size": args.size, "dtype": str(dtype).replace("torch.", ""), "new_tokens": N,
-                  "prompt_tokens": prompt_tokens, "images": sum(len(r.images) for r in requests),
-                  "tokens_match": f"{same}/{B} sequences", "repeats": args.repeats}
-        def dec(t_n, t_1, b=B):
-            return b * (N - 1) / max(t_n - t_1, 1e-9)
+        config = {"batch": B, "size": args.size, "device": device.type, "dtype": str(dtype).replace("torch.", ""),
+                  "new_tokens": N, "prompt_tokens": prompt_tokens, "images": sum(len(r.images) for r in requests),
+                  "repeats": args.repeats, "smoke": args.smoke}
+        extra = {"tokens_match": f"{same}/{B} sequences"}
+
+        def dec(t_n, t_1, b=B):  # None when noise made the N-token run no slower than the 1-token run
+            return b * (N - 1) / (t_n - t_1) if t_n > t_1 and N > 1 else None
 
         for name, o, b, unit, higher in (
             ("time_to_first_token", med["ours1"], med["base1"], "s", False),
@@ -195,36 +170,30 @@ def main(argv=None) -> int:
             ("decode_throughput", dec(med["oursN"], med["ours1"]), dec(med["baseN"], med["base1"]), "tokens/s", True),
             ("end_to_end", med["oursN"], med["baseN"], "s", False),
         ):
-            results.append({"name": f"{name}/batch={B}", "config": config,
-                            "ours": {"value": round(o, 6 if unit == "s" else 1), "unit": unit},
-                            "baseline": {"value": round(b, 6 if unit == "s" else 1), "unit": unit},
-                            "speedup": round(o / b if higher else b / o, 2)})
+            if o is None or b is None:
+                why = ("decode time not measurable: the N-token run took no longer than the 1-token run "
+                       "(noise; raise --new-tokens or --repeats)")
+                results.append(result(f"{name}/batch={B}", config, None, higher_is_better=higher, skipped=why,
+                                      extra=extra))
+                print(f"{name}/batch={B}: skipped, {why}", file=sys.stderr)
+                continue
+            results.append(result(f"{name}/batch={B}", config, (o, unit), (b, unit), higher_is_better=higher,
+                                  extra=extra))
             r = results[-1]
             print(f"{r['name']:<32} ours {o:>12.4g} {unit:<9} baseline {b:>12.4g}  speedup {r['speedup']:.2f}x"
-                  f"  ({config['tokens_match']} match)", file=sys.stderr)
+                  f"  ({extra['tokens_match']} match)", file=sys.stderr)
 
-    report = {
-        "benchmark": "bench_generate",
-        "device": device_name(device),
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "torch": torch.__version__,
-        "triton": triton_version(),
+    run_info = {
+        "device_detail": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"{cpu_model()} ({os.cpu_count()} logical cores)",
         "transformers": __import__("transformers").__version__,
-        "python": platform.python_version(),
         "load_average_1min_at_start": load_at_start,
         "cpu_threads": torch.get_num_threads(),
         "ops": __import__("xgenmm_fast.ops", fromlist=["report"]).report(),
         "baseline": "transformers Phi3ForCausalLM.generate(inputs_embeds, attention_mask), left-padded "
                     "multimodal embeddings, sdpa attention (the original's generate)",
-        "results": results,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    else:
-        print(text)
+    emit(args, results, "bench_generate", run_info)
     return 0
 
 

@@ -5,21 +5,21 @@ input read once, each output written once), the fraction of the peak MEASURED in
 bf16 matmul for TFLOP/s, a large device-to-device copy, read + write, for GB/s), and the speedup over the
 baseline (the op's reference; for attention also torch SDPA's flash backend, and flash-attn if installed).
 
-  python benchmarks/bench_kernels.py --out results/kernels.json          # GPU
+  python benchmarks/bench_kernels.py --results-dir benchmarks/results    # GPU
+  python benchmarks/bench_kernels.py --out results/kernels.json          # GPU, to a given file
   python benchmarks/bench_kernels.py --smoke                             # CPU: interpreter, tiny shapes
 
-JSON: {device, date, commit, torch, triton, peak: {...}, results: [{name, config, ours, baseline, speedup,
-library?}]}; `ours`/`baseline`/`library` = {impl, ms, tflops | gbps, frac_peak}.
+Results in the common format (benchmarks/README.md): one row per kernel, `ours`/`baseline` =
+{value: median ms, unit: "ms", impl, rate: {value, unit: "TFLOP/s" | "GB/s"}, frac_peak}, speedup =
+baseline ms / ours ms; where a library alternative exists, a second row `<kernel>/vs_library` with the
+library as the baseline. The measured peaks are in runs.bench_kernels.peak. Without --out/--results-dir
+the JSON goes to stdout; the table is printed last either way.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import subprocess
 import sys
-import time
 
 import torch
 
@@ -28,12 +28,13 @@ if not HAS_CUDA:  # the kernels can only run on the CPU through the interpreter 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import add_output_args, emit, median_time, result, round_sig  # noqa: E402  (benchmarks/_common.py)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, few repeats (CPU interpreter check)")
-    p.add_argument("--out", default=None, help="write the JSON results here")
+    add_output_args(p)
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
                    help="kernel dtype (default bf16 on GPU, fp32 with --smoke)")
     p.add_argument("--only", default=None, help="comma-separated kernel names to run (default all)")
@@ -46,13 +47,7 @@ def timer(fn, device: str, rep_ms: float, smoke: bool) -> float:
     if device == "cuda":
         import triton.testing
         return float(triton.testing.do_bench(fn, warmup=max(25, rep_ms / 4), rep=rep_ms, return_mode="median"))
-    fn()  # warm-up (compiles / interprets once)
-    ts = []
-    for _ in range(1 if smoke else 5):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return sorted(ts)[len(ts) // 2]
+    return 1e3 * median_time(fn, 1 if smoke else 5, warmup=1, device="cpu")  # warm-up compiles / interprets
 
 
 def measure_peaks(device: str, dtype: torch.dtype, rep_ms: float, smoke: bool) -> dict:
@@ -67,14 +62,17 @@ def measure_peaks(device: str, dtype: torch.dtype, rep_ms: float, smoke: bool) -
             "matmul_n": n, "copy_bytes": nbytes}
 
 
-def rate(ms: float, flops: float | None, nbytes: float | None, peak: dict) -> dict:
-    out = {"ms": ms}
+def rate(impl: str, ms: float, flops: float | None, nbytes: float | None, peak: dict) -> dict:
+    """One side of a row: median ms, and TFLOP/s or GB/s with its fraction of the measured peak."""
+    out = {"value": ms, "unit": "ms", "impl": impl}
     if flops:
-        out["tflops"] = flops / ms / 1e9
-        out["frac_peak"] = out["tflops"] / peak["matmul_tflops"]
+        tflops = flops / ms / 1e9
+        out["rate"] = {"value": round_sig(tflops, 4), "unit": "TFLOP/s"}
+        out["frac_peak"] = round_sig(tflops / peak["matmul_tflops"], 3)
     elif nbytes:
-        out["gbps"] = nbytes / ms / 1e6
-        out["frac_peak"] = out["gbps"] / peak["copy_gbps"]
+        gbps = nbytes / ms / 1e6
+        out["rate"] = {"value": round_sig(gbps, 4), "unit": "GB/s"}
+        out["frac_peak"] = round_sig(gbps / peak["copy_gbps"], 3)
     return out
 
 
@@ -210,7 +208,6 @@ def cases(device: str, dtype: torch.dtype, smoke: bool):
 
 def main(argv=None):
     args = parse_args(argv)
-    import triton
     device = "cuda" if HAS_CUDA else "cpu"
     if not HAS_CUDA and not args.smoke:
         print("no CUDA device: only --smoke (interpreter, tiny shapes) is meaningful here", file=sys.stderr)
@@ -227,46 +224,48 @@ def main(argv=None):
     for name, cfg, ours, base, lib, flops, nbytes in cases(device, dtype, args.smoke):
         if only and name not in only:
             continue
-        row = {"name": name, "config": cfg}
+        cfg = {**cfg, "dtype": str(dtype).replace("torch.", ""), "smoke": args.smoke}
         try:
-            row["ours"] = {"impl": "triton", **rate(timer(ours, device, args.rep_ms, args.smoke), flops, nbytes, peak)}
-            row["baseline"] = {"impl": base[0], **rate(timer(base[1], device, args.rep_ms, args.smoke), flops,
-                                                       nbytes, peak)}
-            row["speedup"] = row["baseline"]["ms"] / row["ours"]["ms"]
-            if lib is not None:
-                row["library"] = {"impl": lib[0], **rate(timer(lib[1], device, args.rep_ms, args.smoke), flops,
-                                                         nbytes, peak)}
-                row["speedup_vs_library"] = row["library"]["ms"] / row["ours"]["ms"]
+            o = rate("triton", timer(ours, device, args.rep_ms, args.smoke), flops, nbytes, peak)
+            b = rate(base[0], timer(base[1], device, args.rep_ms, args.smoke), flops, nbytes, peak)
+            results.append(result(name, cfg, o, b, higher_is_better=False))
         except Exception as e:  # one failing kernel must not hide the others' numbers
-            row["error"] = f"{type(e).__name__}: {e}"
-        results.append(row)
+            results.append(result(name, cfg, None, higher_is_better=False, error=f"{type(e).__name__}: {e}"))
+            o = None
+        if lib is not None and o is not None:
+            try:
+                lb = rate(lib[0], timer(lib[1], device, args.rep_ms, args.smoke), flops, nbytes, peak)
+                results.append(result(f"{name}/vs_library", cfg, o, lb, higher_is_better=False))
+            except Exception as e:
+                results.append(result(f"{name}/vs_library", cfg, None, higher_is_better=False,
+                                      error=f"{lib[0]}: {type(e).__name__}: {e}"))
         if device == "cuda":
             torch.cuda.empty_cache()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-    except Exception:
-        commit = None
-    report = {"device": torch.cuda.get_device_name() if HAS_CUDA else "cpu (triton interpreter)",
-              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "commit": commit, "torch": torch.__version__, "triton": triton.__version__,
-              "dtype": str(dtype).replace("torch.", ""), "smoke": args.smoke, "peak": peak, "results": results}
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-    print(f"device={report['device']} dtype={report['dtype']} peak: {peak['matmul_tflops']:.1f} TFLOP/s matmul, "
-          f"{peak['copy_gbps']:.0f} GB/s copy")
+    backend = "triton" if HAS_CUDA else "triton interpreter (TRITON_INTERPRET=1): timings mean nothing"
+    dt = str(dtype).replace("torch.", "")
+    run_info = {
+        "backend": backend, "dtype": dt, "smoke": args.smoke, "rep_ms": args.rep_ms, "peak": peak,
+        "note": f"measured peak in this run: {peak['matmul_tflops']:.1f} TFLOP/s "
+                f"({'fp32' if not HAS_CUDA else dt} matmul {peak['matmul_n']}^3), {peak['copy_gbps']:.0f} GB/s "
+                "(device copy, read + write)",
+    }
+    emit(args, results, "bench_kernels", run_info)
+    print(f"device={torch.cuda.get_device_name() if HAS_CUDA else 'cpu (triton interpreter)'} dtype={dt} "
+          f"peak: {peak['matmul_tflops']:.1f} TFLOP/s matmul, {peak['copy_gbps']:.0f} GB/s copy")
+    lib_speedup = {r["name"][: -len("/vs_library")]: r for r in results if r["name"].endswith("/vs_library")}
     print(f"{'kernel':26s} {'ours ms':>9s} {'rate':>13s} {'%peak':>6s} {'base ms':>9s} {'speedup':>8s} {'lib x':>6s}")
-    for r in results:
+    for r in results:  # one line per kernel (scripts/gpu_check.sh shows the last 14 lines)
+        if r["name"].endswith("/vs_library"):
+            continue
         if "error" in r:
             print(f"{r['name']:26s} ERROR {r['error'][:80]}")
             continue
         o = r["ours"]
-        rt = f"{o['tflops']:.1f} TFLOP/s" if "tflops" in o else (f"{o['gbps']:.0f} GB/s" if "gbps" in o else "")
-        lib = f"{r['speedup_vs_library']:.2f}" if "speedup_vs_library" in r else "-"
-        print(f"{r['name']:26s} {o['ms']:9.3f} {rt:>13s} {100 * o.get('frac_peak', 0):5.1f}% "
-              f"{r['baseline']['ms']:9.3f} {r['speedup']:8.2f} {lib:>6s}")
+        rt = f"{o['rate']['value']:.1f} {o['rate']['unit']}" if "rate" in o else ""
+        lib = lib_speedup.get(r["name"])
+        lib = f"{lib['speedup']:.2f}" if lib else "-"
+        print(f"{r['name']:26s} {o['value']:9.3f} {rt:>13s} {100 * o.get('frac_peak', 0):5.1f}% "
+              f"{r['baseline']['value']:9.3f} {r['speedup']:8.2f} {lib:>6s}")
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -20,18 +20,17 @@ Measured, for rows of 4096 and 8192 tokens:
     (--ref-subset, 20k) where C++ runs too; the full 665k plan is C++ only (baseline null).
 Plans are checked identical wherever both run. Efficiency = tokens placed / (rows * budget).
 
+Rows keep the plans' rows and efficiency (and plan_epoch's time) in `extra`; `config` holds the inputs.
+
     python benchmarks/bench_planner.py                  # JSON to stdout, table to stderr
-    python benchmarks/bench_planner.py --out results.json
+    python benchmarks/bench_planner.py --results-dir benchmarks/results
+    python benchmarks/bench_planner.py --smoke --out /tmp/planner.json   # 20k samples, one budget
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import math
-import os
-import platform
 import random
 import statistics
 import sys
@@ -40,7 +39,7 @@ import time
 import numpy as np
 import torch
 
-from _common import cpu_model, git_commit  # noqa: E402  (benchmarks/_common.py)
+from _common import add_output_args, emit, load_average, result  # noqa: E402  (benchmarks/_common.py)
 from xgenmm_fast import _ext
 from xgenmm_fast.data.anyres import DEFAULT_GRIDS, TILE, get_anyres_grid_shape
 from xgenmm_fast.data.planner import packing_efficiency, plan_epoch, plan_rows_reference
@@ -131,14 +130,9 @@ def plan_summary(rows, lengths, budget) -> dict:
     return {"rows": len(rows), "efficiency": round(packing_efficiency(rows, lengths, budget), 5)}
 
 
-def entry(name: str, config: dict, ours_ms: float, base_ms: float | None) -> dict:
-    return {
-        "name": name,
-        "config": config,
-        "ours": {"value": round(ours_ms, 3), "unit": "ms"},
-        "baseline": None if base_ms is None else {"value": round(base_ms, 3), "unit": "ms"},
-        "speedup": None if base_ms is None else round(base_ms / ours_ms, 1),
-    }
+def entry(name: str, config: dict, ours_ms: float, base_ms: float | None, extra: dict) -> dict:
+    return result(name, config, (ours_ms, "ms"), None if base_ms is None else (base_ms, "ms"),
+                  higher_is_better=False, extra=extra)
 
 
 def main(argv=None) -> int:
@@ -149,11 +143,15 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-subset", type=int, default=20_000, help="samples for the whole-dataset reference")
     ap.add_argument("--repeats", type=int, default=5, help="C++ timings: median of this many runs")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", help="write the JSON here (default: print it)")
+    ap.add_argument("--smoke", action="store_true", help="20,000 samples, budget 4096, 2,000-sample reference "
+                    "subset, 1 repeat: does it all run")
+    add_output_args(ap)
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.samples, args.budgets, args.ref_subset, args.repeats = 20_000, [4096], 2_000, 1
     ffd = _ext.cpp_function("plan_rows_ffd")  # raises with the build command when missing
 
-    load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    load_at_start = load_average()
     lengths, stats = llava_like_lengths(args.samples, args.seed)
     print(f"dataset: {stats}", file=sys.stderr)
     subset = sorted(random.Random(args.seed + 1).sample(range(len(lengths)), min(args.ref_subset, len(lengths))))
@@ -161,6 +159,7 @@ def main(argv=None) -> int:
     order = epoch_order(len(lengths), args.seed, epoch=0)
     results = []
     mismatches = []
+    dataset = {"dataset": "LLaVA-665k-like", "seed": args.seed, "smoke": args.smoke}
 
     for budget in args.budgets:
         oversized = sum(1 for x in lengths if x > budget)
@@ -176,18 +175,22 @@ def main(argv=None) -> int:
             entry(
                 f"ffd_windows/budget={budget}",
                 {
+                    **dataset,
                     "samples": len(lengths),
                     "budget": budget,
                     "window": args.window,
                     "windows": math.ceil(len(lengths) / args.window),
-                    "oversized_samples": oversized,
-                    **plan_summary(ours_rows, lengths, budget),
-                    "plan_epoch_ms": round(epoch_ms, 1),
-                    "plan_epoch_efficiency": round(ep.efficiency, 5),
                     "timed": "planner calls only, summed over the windows; C++ median of repeats, reference once",
                 },
                 statistics.median(ours_times) * 1e3,
                 ref_s * 1e3,
+                {
+                    "oversized_samples": oversized,
+                    **plan_summary(ours_rows, lengths, budget),
+                    "plans_identical": ours_rows == ref_rows,
+                    "plan_epoch_ms": round(epoch_ms, 1),
+                    "plan_epoch_efficiency": round(ep.efficiency, 5),
+                },
             )
         )
 
@@ -202,14 +205,15 @@ def main(argv=None) -> int:
             entry(
                 f"ffd_whole/subset={len(sub_lengths)}/budget={budget}",
                 {
+                    **dataset,
                     "samples": len(sub_lengths),
                     "budget": budget,
                     "subset": f"uniform random subset of the {len(lengths)} samples (seed {args.seed + 1})",
-                    **plan_summary(ours_sub, sub_lengths, budget),
                     "timed": "one call; C++ median of repeats, reference once",
                 },
                 ours_ms,
                 ref_ms,
+                {**plan_summary(ours_sub, sub_lengths, budget), "plans_identical": ours_sub == ref_sub},
             )
         )
 
@@ -221,44 +225,37 @@ def main(argv=None) -> int:
             entry(
                 f"ffd_whole/full/budget={budget}",
                 {
+                    **dataset,
                     "samples": len(lengths),
                     "budget": budget,
-                    "oversized_samples": oversized,
-                    **plan_summary(ours_full, lengths, budget),
-                    "tensor_input_ms": round(tensor_ms, 2),
-                    "baseline": "not run: the reference is O(n * rows) (about 10^10 row checks here)",
+                    "baseline": "not run: the reference is O(n * rows) (about 10^10 row checks at 665k samples)",
                 },
                 ours_ms,
                 None,
+                {
+                    "oversized_samples": oversized,
+                    **plan_summary(ours_full, lengths, budget),
+                    "tensor_input_ms": round(tensor_ms, 2),
+                },
             )
         )
 
-    report = {
-        "benchmark": "bench_planner",
-        "device": {"cpu": cpu_model(), "logical_cores": os.cpu_count()},
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-        "git_commit": git_commit(),
+    run_info = {
         "load_average_1min_at_start": load_at_start,
+        "numpy": np.__version__,
         "dataset": {"model": "LLaVA-665k-like (see bench_planner.py docstring)", "seed": args.seed, **stats},
         "plans_identical": not mismatches,
-        "results": results,
     }
     for r in results:
         base = f"baseline {r['baseline']['value']:>10.1f} ms  speedup {r['speedup']:>7.1f}x" if r["baseline"] else "baseline -"
         print(
             f"{r['name']:<36} ours {r['ours']['value']:>8.2f} ms  {base}  "
-            f"rows {r['config']['rows']:>6}  eff {r['config']['efficiency']:.4f}",
+            f"rows {r['extra']['rows']:>6}  eff {r['extra']['efficiency']:.4f}",
             file=sys.stderr,
         )
     if mismatches:
         print(f"warning: C++ and reference plans differ: {mismatches}", file=sys.stderr)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    else:
-        print(text)
+    emit(args, results, "bench_planner", run_info)
     return 1 if mismatches else 0
 
 

@@ -1,7 +1,8 @@
 """One SFT training step, ours vs the original pipeline on stock components, same samples, same process.
 
-    python benchmarks/bench_sft_step.py --size released --device cuda --out benchmarks/results/DATE-DEVICE-sft.json
-    python benchmarks/bench_sft_step.py --smoke          # CPU, tiny model: checks that everything runs
+    python benchmarks/bench_sft_step.py --size released --device cuda --results-dir benchmarks/results
+    python benchmarks/bench_sft_step.py --size released --samples 16 --repeats 3 --warmup 1 --out gpu.json
+    python benchmarks/bench_sft_step.py --smoke          # CPU, tiny model: checks that everything runs (JSON to stdout)
 
 ours      packed rows (`data.max_tokens`), XGenMM.forward_packed through the ops dispatch (Triton kernels on
           GPU), text-only samples encode no image, loss on labelled rows only.
@@ -20,23 +21,27 @@ FLOPs (model FLOPs, for MFU): decoder 6·P_lm·T + 12·L·d·Σ Tᵢ² / 2 (caus
 LM tokens T of the step; perceiver 6·P_perc·(chunks·L_lat) plus its attention 12·depth·inner·chunks·L_lat·(g²+L_lat);
 vision encoder forward only 2·P_vis·tiles·g² + 4·layers·d·tiles·g⁴. The measured matmul peak of the same
 run is the denominator.
+
+Rows (common format, benchmarks/README.md): sft_step/{samples_per_s, lm_tokens_per_s, tiles_per_s, mfu}
+(higher is better) and sft_step/peak_memory (GB, lower is better): the peak allocated during one step above
+what was allocated before it (gradients, activations, temporaries; the weights and AdamW moments, the same
+in both, excluded). Each side's AdamW moments are freed once that side is measured, so that two copies of
+the released model's optimizer state are never resident at once.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
 import random
-import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import PeakMemory, add_output_args, emit, median_time  # noqa: E402  (benchmarks/_common.py)
+from _common import result as make_result  # noqa: E402
 
 from xgenmm_fast import XGenMM, XGenMMConfig  # noqa: E402
 from xgenmm_fast.data.anyres import get_anyres_grid_shape  # noqa: E402
@@ -178,28 +183,12 @@ class OriginalPipeline(torch.nn.Module):
 
 
 # ---- measurement ------------------------------------------------------------------------------------
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_time(fn, device, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2]
-
-
 def matmul_peak(device, dtype, smoke):
-    n = 512 if smoke else 8192
+    """FLOP/s of a large matmul: 8192^3 on a GPU; 2048^3 on a CPU (enough to reach its peak; 8192^3 takes
+    about 15 s per product there)."""
+    n = 512 if smoke else (8192 if device == "cuda" else 2048)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    t = median_time(lambda: a @ b, device, 3 if smoke else 20, 1 if smoke else 5)
+    t = median_time(lambda: a @ b, 20 if device == "cuda" and not smoke else 3, 5 if device == "cuda" else 1, device)
     return 2 * n ** 3 / t
 
 
@@ -259,14 +248,15 @@ def run(args):
         opt_base.step()
         opt_base.zero_grad(set_to_none=True)
 
-    results = []
-    peak_mem = {}
-    times = {}
-    for name, fn in (("ours", step_ours), ("baseline", step_base)):
+    peak_mem, times, how = {}, {}, None
+    for name, fn, opt in (("ours", step_ours, opt_ours), ("baseline", step_base, opt_base)):
+        times[name] = median_time(fn, args.repeats, args.warmup, device)
+        with PeakMemory(device) as mem:  # one more step, untimed (the CPU sampler would perturb timings)
+            fn()
+        peak_mem[name], how = mem.gb, mem.how
+        opt.state.clear()  # free this side's AdamW moments before the other side runs
         if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times[name] = median_time(fn, device, args.repeats, args.warmup)
-        peak_mem[name] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+            torch.cuda.empty_cache()
 
     # step-time breakdown of ours (each piece timed on its own over the same step)
     def vision_only():
@@ -274,10 +264,10 @@ def run(args):
             for b in packed:
                 if b.pixel_values is not None:
                     ours.vision_encoder(b.pixel_values)
-    breakdown = {"vision_encoder_s": median_time(vision_only, device, args.repeats, 1)}
+    breakdown = {"vision_encoder_s": median_time(vision_only, args.repeats, 1, device)}
     breakdown["data_packing_s"] = median_time(
-        lambda: [pack_samples([stream[i] for i in r], cfg.media_token_id, L, budget) for r in rows], "cpu",
-        args.repeats, 0)
+        lambda: [pack_samples([stream[i] for i in r], cfg.media_token_id, L, budget) for r in rows],
+        args.repeats, 0, "cpu")
 
     n_samples = len(samples)
     lm_lens = [int(b.cu_seqlens[i + 1] - b.cu_seqlens[i]) for b in packed for i in range(b.num_samples)]
@@ -285,42 +275,28 @@ def run(args):
     chunks = tiles
     flops = model_flops(cfg, lm_lens, chunks, tiles)
     peak = matmul_peak(device, dtype, args.smoke)
+    config = {"size": "smoke" if args.smoke else args.size, "device": device, "samples_per_step": n_samples,
+              "max_tokens": budget, "micro_batch_baseline": args.micro_batch,
+              "dtype": str(dtype).replace("torch.", ""), "activation_checkpointing": True, "smoke": args.smoke}
+    memory = {"ours": peak_mem["ours"], "baseline": peak_mem["baseline"], "how": how}
+    extra = {"packed_rows": len(rows), "lm_tokens": sum(lm_lens), "tiles": tiles}
+    results = []
     for metric, unit, ours_v, base_v in (
         ("samples_per_s", "samples/s", n_samples / times["ours"], n_samples / times["baseline"]),
         ("lm_tokens_per_s", "tokens/s", sum(lm_lens) / times["ours"], sum(lm_lens) / times["baseline"]),
         ("tiles_per_s", "tiles/s", tiles / times["ours"], tiles / times["baseline"]),
         ("mfu", "fraction of measured matmul peak", flops / times["ours"] / peak, flops / times["baseline"] / peak),
     ):
-        results.append({"name": f"sft_step/{metric}", "config": {
-            "size": "smoke" if args.smoke else args.size, "samples_per_step": n_samples, "max_tokens": budget,
-            "rows": len(rows), "micro_batch_baseline": args.micro_batch, "dtype": str(dtype).replace("torch.", ""),
-            "activation_checkpointing": True},
-            "ours": {"value": ours_v, "unit": unit}, "baseline": {"value": base_v, "unit": unit},
-            "speedup": ours_v / base_v if base_v else None,
-            "peak_memory_gb": {"ours": peak_mem["ours"], "baseline": peak_mem["baseline"]}})
-    return {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _commit(), "torch": torch.__version__, "triton": _triton_version(),
-        "matmul_peak_tflops": peak / 1e12, "step_time_s": times, "breakdown_ours": breakdown,
-        "results": results,
-    }
-
-
-def _commit():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
-    except Exception:
-        return None
-
-
-def _triton_version():
-    try:
-        import triton
-        return triton.__version__
-    except ImportError:
-        return None
+        results.append(make_result(f"sft_step/{metric}", config, (ours_v, unit), (base_v, unit),
+                                   higher_is_better=True, peak_memory_gb=memory if metric == "samples_per_s" else None,
+                                   extra=extra if metric == "samples_per_s" else None))
+    results.append(make_result("sft_step/peak_memory", config, (peak_mem["ours"], "GB"),
+                               (peak_mem["baseline"], "GB"), higher_is_better=False, extra={"how": how}))
+    run_info = {"matmul_peak_tflops": peak / 1e12, "step_time_s": times, "breakdown_ours": breakdown,
+                "model_flops_per_step": flops,
+                "note": f"measured {str(dtype).replace('torch.', '')} matmul peak {peak / 1e12:.3g} TFLOP/s (MFU "
+                        "denominator)"}
+    return results, run_info
 
 
 def main(argv=None):
@@ -333,21 +309,15 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU, few samples: does it all run")
-    p.add_argument("--out", default=None)
+    add_output_args(p)
     args = p.parse_args(argv)
     if args.smoke:
         args.device, args.samples, args.micro_batch, args.max_tokens, args.repeats, args.warmup = "cpu", 8, 4, 512, 1, 0
-    res = run(args)
-    text = json.dumps(res, indent=2)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
-    for r in res["results"]:
-        print(f"{r['name']:28s} ours {r['ours']['value']:.4g}  baseline {r['baseline']['value']:.4g}  "
-              f"speedup {r['speedup']:.2f}x" if r["speedup"] else r["name"])
-    if not args.out:
-        print(text)
+    results, run_info = run(args)
+    for r in results:
+        print(f"{r['name']:28s} ours {r['ours']['value']:.4g}  baseline {r['baseline']['value']:.4g} "
+              f"{r['ours']['unit']}  speedup {r['speedup']:.2f}x" if r["speedup"] else r["name"], file=sys.stderr)
+    emit(args, results, "bench_sft_step", run_info)
 
 
 if __name__ == "__main__":

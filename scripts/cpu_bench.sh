@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The CPU rows of the benchmark suite (issue #5): bench_preprocess (Pillow vs C++, 1 and 2 threads),
+# bench_planner (665k LLaVA-like samples), and the model benchmarks at tiny size on the CPU (bench_sft_step,
+# bench_dpo, bench_generate), each under its own time limit and all together under CPU_BENCH_BUDGET_S
+# (default 720 s; about 5 minutes on 2 cores). bench_kernels is not run: without a GPU the Triton kernels
+# only run under the interpreter, whose timings mean nothing. Results merge into
+# RESULTS_DIR/<date>-cpu-<cpu>.json, benchmarks/report.py writes the summary and plots next to it, and a
+# short table is printed last. Step logs go to CPU_BENCH_LOGS (default: a new temporary folder, printed).
+# CPU_BENCH_SMOKE=1 runs every script with --smoke instead (seconds: a check that the suite runs, not
+# numbers to keep). A failed or timed-out step makes the exit status 1; the other steps still run.
+#
+#   scripts/cpu_bench.sh RESULTS_DIR          # e.g. benchmarks/results, on a quiet machine
+set -uo pipefail
+if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
+  sed -n '2,12p' "$0"; exit 2
+fi
+RESULTS=$1
+mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+BUDGET=${CPU_BENCH_BUDGET_S:-720}
+REPORT_RESERVE=20
+START=$(date +%s)
+DEADLINE=$(( START + BUDGET ))
+status=0
+LOGS=${CPU_BENCH_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/cpu_bench.XXXXXX")}  # not in RESULTS_DIR: often the repo's
+mkdir -p "$LOGS"
+: >"$LOGS/steps.jsonl"
+
+step() {  # step NAME CAP_S CMD...: run under min(CAP_S, time left), log to LOGS/NAME.log, record rc
+  local name=$1 cap=$2; shift 2
+  local t0 left limit rc
+  t0=$(date +%s)
+  left=$(( DEADLINE - REPORT_RESERVE - t0 ))
+  limit=$(( cap < left ? cap : left ))
+  if (( limit < 10 )); then
+    echo "{\"step\": \"$name\", \"rc\": null, \"skipped\": \"no time left in the ${BUDGET} s budget\"}" \
+      >>"$LOGS/steps.jsonl"
+    echo "[$name] SKIPPED: no time left in the ${BUDGET} s budget"
+    status=1
+    return
+  fi
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  rc=$?
+  echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - t0 )), \"limit_s\": $limit}" \
+    >>"$LOGS/steps.jsonl"
+  [[ $rc -ne 0 ]] && status=1
+  local what="rc=$rc"
+  [[ $rc -eq 124 || $rc -eq 137 ]] && what="TIMEOUT after ${limit}s"
+  echo "[$name] $what ($(( $(date +%s) - t0 ))s) -> $LOGS/$name.log"
+  [[ $rc -ne 0 ]] && tail -n 5 "$LOGS/$name.log" | sed 's/^/    /'
+  return 0
+}
+
+if ! "$PY" -c "from xgenmm_fast import _ext; raise SystemExit(0 if _ext.HAS_CPP_EXT else 1)" 2>/dev/null; then
+  step build_ext 300 "$PY" setup.py build_ext --inplace
+fi
+OUT=$("$PY" benchmarks/_common.py path "$RESULTS") || { echo "cannot name the results file"; exit 1; }
+echo "results -> $OUT, logs -> $LOGS (load average at start: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null))"
+echo "[bench_kernels] not run: no GPU, and Triton interpreter timings mean nothing"
+
+if [[ "${CPU_BENCH_SMOKE:-0}" == "1" ]]; then
+  echo "CPU_BENCH_SMOKE=1: smoke sizes, the numbers are not worth keeping"
+  step bench_preprocess 60 "$PY" benchmarks/bench_preprocess.py --smoke --out "$OUT"
+  step bench_planner 60 "$PY" benchmarks/bench_planner.py --smoke --out "$OUT"
+  step bench_sft_step 120 "$PY" benchmarks/bench_sft_step.py --smoke --out "$OUT"
+  step bench_dpo 120 "$PY" benchmarks/bench_dpo.py --smoke --out "$OUT"
+  step bench_generate 120 "$PY" benchmarks/bench_generate.py --smoke --out "$OUT"
+else
+  step bench_preprocess 120 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
+  step bench_planner 240 "$PY" benchmarks/bench_planner.py --out "$OUT"
+  step bench_sft_step 180 "$PY" benchmarks/bench_sft_step.py --size tiny --device cpu --samples 16 --repeats 3 \
+    --warmup 1 --out "$OUT"
+  step bench_dpo 180 "$PY" benchmarks/bench_dpo.py --size tiny --device cpu --repeats 3 --out "$OUT"
+  step bench_generate 180 "$PY" benchmarks/bench_generate.py --size tiny --device cpu --batch-sizes 1 8 32 \
+    --repeats 3 --out "$OUT"
+fi
+
+echo "== total $(( $(date +%s) - START ))s; steps:"; cat "$LOGS/steps.jsonl"
+if [[ -f "$OUT" ]]; then
+  timeout 60 "$PY" benchmarks/report.py "$OUT" --print || status=1
+else
+  echo "no results file: every benchmark step failed (see $LOGS)"; status=1
+fi
+exit $status

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The benchmark suite on a GPU machine (issue #5): build the extension (CUDA kernels included), then
+# bench_kernels, bench_preprocess (Pillow, C++ and CUDA paths), bench_sft_step, bench_dpo and bench_generate
+# (released size), each under its own time limit and all together under GPU_BENCH_BUDGET_S (default 515 s,
+# so the run stays under 9 min on an H100). bench_planner is CPU-only: scripts/cpu_bench.sh runs it.
+# Results merge into RESULTS_DIR/<date>-<device>.json; benchmarks/report.py writes the Markdown summary next
+# to it (and plots where matplotlib is installed); a short table is printed last. A failed, timed-out or
+# unreached step makes the exit status 1; the other steps still run. Logs: RESULTS_DIR/<step>.log.
+#
+#   scripts/gpu_bench.sh RESULTS_DIR
+set -uo pipefail
+if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
+  sed -n '2,10p' "$0"; exit 2
+fi
+RESULTS=$1
+mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the package from this checkout, installed or not
+unset TRITON_INTERPRET
+BUDGET=${GPU_BENCH_BUDGET_S:-515}
+REPORT_RESERVE=20  # seconds kept for report.py
+START=$(date +%s)
+DEADLINE=$(( START + BUDGET ))
+status=0
+: >"$RESULTS/steps.jsonl"
+
+step() {  # step NAME CAP_S CMD...: run under min(CAP_S, time left), log to RESULTS/NAME.log, record rc
+  local name=$1 cap=$2; shift 2
+  local t0 left limit rc
+  t0=$(date +%s)
+  left=$(( DEADLINE - REPORT_RESERVE - t0 ))
+  limit=$(( cap < left ? cap : left ))
+  if (( limit < 15 )); then
+    echo "{\"step\": \"$name\", \"rc\": null, \"skipped\": \"no time left in the ${BUDGET} s budget\"}" \
+      >>"$RESULTS/steps.jsonl"
+    echo "[$name] SKIPPED: no time left in the ${BUDGET} s budget"
+    status=1
+    return
+  fi
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" >"$RESULTS/$name.log" 2>&1
+  rc=$?
+  echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - t0 )), \"limit_s\": $limit}" \
+    >>"$RESULTS/steps.jsonl"
+  [[ $rc -ne 0 ]] && status=1
+  local what="rc=$rc"
+  [[ $rc -eq 124 || $rc -eq 137 ]] && what="TIMEOUT after ${limit}s"
+  echo "[$name] $what ($(( $(date +%s) - t0 ))s) -> $RESULTS/$name.log"
+  [[ $rc -ne 0 ]] && tail -n 5 "$RESULTS/$name.log" | sed 's/^/    /'
+  return 0
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv || true
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  for m in triton transformers numpy PIL matplotlib flash_attn liger_kernel deepspeed; do
+    "$PY" -c "import $m; print('$m', getattr($m, '__version__', 'present'))" 2>/dev/null || echo "$m: not installed"
+  done
+} >"$RESULTS/env.txt" 2>&1
+missing=$(grep -o '^[a-z_A-Z]*: not installed' "$RESULTS/env.txt" | cut -d: -f1 | tr '\n' ' ')
+[[ -n "$missing" ]] && echo "not installed (what needs them is skipped or reduced): $missing"
+echo "  PIL: Pillow baselines of bench_preprocess; matplotlib: plots (run report.py elsewhere);" \
+  "flash_attn: the library row of the attention kernels; deepspeed, liger_kernel: not used by these benchmarks"
+
+OUT=$("$PY" benchmarks/_common.py path "$RESULTS") || { echo "cannot name the results file"; exit 1; }
+echo "results -> $OUT"
+
+# sizes: chosen so that the steps total about 8 minutes on an H100 (estimates, see benchmarks/README.md)
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+step build_ext 180 "$PY" setup.py build_ext --inplace  # a CUDA torch adds csrc/**/*.cu (setup.py)
+step bench_kernels 110 "$PY" benchmarks/bench_kernels.py --out "$OUT" --rep-ms 100
+step bench_preprocess 50 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
+step bench_sft_step 170 "$PY" benchmarks/bench_sft_step.py --size released --device cuda --samples 16 \
+  --repeats 3 --warmup 1 --out "$OUT"
+step bench_dpo 100 "$PY" benchmarks/bench_dpo.py --size released --device cuda --checkpointing --repeats 3 \
+  --warmup 1 --out "$OUT"
+step bench_generate 100 "$PY" benchmarks/bench_generate.py --size released --device cuda --repeats 3 --out "$OUT"
+
+echo "== total $(( $(date +%s) - START ))s; steps:"; cat "$RESULTS/steps.jsonl"
+if [[ -f "$OUT" ]]; then
+  timeout 60 "$PY" benchmarks/report.py "$OUT" --print || status=1
+else
+  echo "no results file: every benchmark step failed (see the logs in $RESULTS)"; status=1
+fi
+exit $status
