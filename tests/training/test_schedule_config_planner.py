@@ -60,3 +60,17 @@ def test_epoch_plan_is_deterministic_and_dense():
     c = plan_epoch(range(2000), lengths, 1024, seed=1, epoch=1)
     assert a.rows == b.rows and a.rows != c.rows
     assert a.efficiency > 0.97 and math.isclose(a.efficiency, packing_efficiency(a.rows, lengths, 1024))
+
+
+def test_deepspeed_overrides_merge_and_owned_keys(tmp_path):
+    from xgenmm_fast.training.engine import deepspeed_config
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {data_path: x.json}\ntrain: {zero_stage: 3, grad_accum: 2, deepspeed: "
+                 "{zero_optimization: {stage3_param_persistence_threshold: 0, offload_optimizer: {device: cpu}}}}\n")
+    ds = deepspeed_config(load_config(str(p)), "fp32")
+    assert ds["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0,
+                                       "offload_optimizer": {"device": "cpu"}}
+    assert ds["gradient_accumulation_steps"] == 2
+    p.write_text("data: {data_path: x.json}\ntrain: {deepspeed: {zero_optimization: {stage: 1}}}\n")
+    with pytest.raises(ValueError, match="zero_optimization.stage"):
+        deepspeed_config(load_config(str(p)), "fp32")

@@ -346,11 +346,13 @@ class Generator:
                                         [tuple(int(v) for v in s) for s in r.image_sizes], sample_id=str(i)))
         batch = pack_samples(samples, model.media_token_id, tpt).to(model.device)
         lens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
-        embeds = lm.get_input_embeddings()(batch.input_ids)
+        tokens = None
         if batch.media_index.numel():
             dtype = model.vision_encoder.embeddings.patch_embedding.weight.dtype
-            tokens = model.encode_images(batch.pixel_values.to(dtype), batch.tiles_per_image, batch.image_sizes)
-            embeds = embeds.index_put((batch.media_index,), torch.cat(tokens).to(embeds.dtype))
+            tokens = torch.cat(model.encode_images(batch.pixel_values.to(dtype), batch.tiles_per_image,
+                                                   batch.image_sizes))
+        # one op: decoupled-vocabulary lookup + image tokens scattered into the packed prompts
+        embeds = lm.get_input_embeddings()(batch.input_ids, media_index=batch.media_index, tokens=tokens)
         cache = KVCache.for_model(model.config.text, len(requests), max(lens) + max_new_tokens, embeds.dtype,
                                   embeds.device)
         hidden = lm.model.forward_cached(embeds, cache, cu_seqlens=batch.cu_seqlens)  # (total, E)

@@ -32,8 +32,9 @@ class DecoupledEmbedding(nn.Module):
 
     Called with `media_index` (the packed path), the lookup and the scatter of image tokens into the
     stream are one op (`ops.embedding.merge_vision_tokens`), still as a call of this module so that
-    ZeRO-3 gathers `weight`. (`additional_embedding.weight`, [3, E], is read directly there: under ZeRO-3
-    it stays whole because it is below DeepSpeed's default `stage3_param_persistence_threshold`.)
+    ZeRO-3 gathers `weight`. (`additional_embedding.weight`, [3, E], is read directly there; ZeRO-3 gathers
+    a partitioned parameter on attribute access, which tests/training checks with
+    `stage3_param_persistence_threshold: 0`.)
     """
 
     def __init__(self, num_embeddings: int, dim: int, num_base: int, num_additional: int, padding_idx: int):

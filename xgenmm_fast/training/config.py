@@ -69,6 +69,10 @@ class TrainSection:
     export_hf: bool = True  # write an HF-format copy of the final weights
     progress: bool = True
     tensorboard: bool = True
+    # extra DeepSpeed config, deep-merged over the generated one (e.g. {zero_optimization:
+    # {offload_optimizer: {device: cpu}, stage3_param_persistence_threshold: 0}}); keys the trainer owns
+    # (micro-batch size, accumulation, clipping, ZeRO stage, bf16) cannot be overridden here
+    deepspeed: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -71,8 +71,23 @@ def build_model(cfg, info) -> XGenMM:
     return XGenMM(mc)
 
 
+# set from train.* / optim.*; `train.deepspeed` may not change them behind the trainer's back
+_OWNED_DS_KEYS = {("train_micro_batch_size_per_gpu",), ("gradient_accumulation_steps",), ("gradient_clipping",),
+                  ("zero_optimization", "stage"), ("bf16",), ("fp16",), ("train_batch_size",)}
+
+
+def _merge_ds(base: dict, extra: dict, path: tuple = ()) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        key = path + (k,)
+        if key in _OWNED_DS_KEYS:
+            raise ValueError(f"train.deepspeed.{'.'.join(key)}: set by the trainer (use train.* / optim.* instead)")
+        out[k] = _merge_ds(out[k], v, key) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def deepspeed_config(cfg, precision: str) -> dict[str, Any]:
-    return {
+    generated = {
         "train_micro_batch_size_per_gpu": 1,  # one PackedBatch (rows_per_step packed rows) per micro-step
         "gradient_accumulation_steps": cfg.train.grad_accum,
         "gradient_clipping": cfg.optim.grad_clip,
@@ -82,6 +97,12 @@ def deepspeed_config(cfg, precision: str) -> dict[str, Any]:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
+    extra = cfg.train.get("deepspeed") if hasattr(cfg.train, "get") else getattr(cfg.train, "deepspeed", None)
+    if extra:
+        from omegaconf import OmegaConf
+        extra = OmegaConf.to_container(extra, resolve=True) if OmegaConf.is_config(extra) else dict(extra)
+        generated = _merge_ds(generated, extra)
+    return generated
 
 
 def resolve_precision(p: str) -> str:
