@@ -21,38 +21,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 BUDGET=${CPU_BENCH_BUDGET_S:-720}
-REPORT_RESERVE=20
 START=$(date +%s)
-DEADLINE=$(( START + BUDGET ))
-status=0
 LOGS=${CPU_BENCH_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/cpu_bench.XXXXXX")}  # not in RESULTS_DIR: often the repo's
 mkdir -p "$LOGS"
 : >"$LOGS/steps.jsonl"
+STEP_DEADLINE=$(( START + BUDGET )) STEP_LOGS=$LOGS STEP_RESERVE=20  # 20 s kept for report.py
+source scripts/lib/steps.sh
 
-step() {  # step NAME CAP_S CMD...: run under min(CAP_S, time left), log to LOGS/NAME.log, record rc
-  local name=$1 cap=$2; shift 2
-  local t0 left limit rc
-  t0=$(date +%s)
-  left=$(( DEADLINE - REPORT_RESERVE - t0 ))
-  limit=$(( cap < left ? cap : left ))
-  if (( limit < 10 )); then
-    echo "{\"step\": \"$name\", \"rc\": null, \"skipped\": \"no time left in the ${BUDGET} s budget\"}" \
-      >>"$LOGS/steps.jsonl"
-    echo "[$name] SKIPPED: no time left in the ${BUDGET} s budget"
-    status=1
-    return
-  fi
-  timeout --signal=TERM --kill-after=5 "$limit" "$@" >"$LOGS/$name.log" 2>&1
-  rc=$?
-  echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - t0 )), \"limit_s\": $limit}" \
-    >>"$LOGS/steps.jsonl"
-  [[ $rc -ne 0 ]] && status=1
-  local what="rc=$rc"
-  [[ $rc -eq 124 || $rc -eq 137 ]] && what="TIMEOUT after ${limit}s"
-  echo "[$name] $what ($(( $(date +%s) - t0 ))s) -> $LOGS/$name.log"
-  [[ $rc -ne 0 ]] && tail -n 5 "$LOGS/$name.log" | sed 's/^/    /'
-  return 0
-}
 
 if ! "$PY" -c "from xgenmm_fast import _ext; raise SystemExit(0 if _ext.HAS_CPP_EXT else 1)" 2>/dev/null; then
   step build_ext 300 "$PY" setup.py build_ext --inplace

@@ -20,36 +20,12 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the package from this checkout, installed or not
 unset TRITON_INTERPRET
 BUDGET=${GPU_BENCH_BUDGET_S:-515}
-REPORT_RESERVE=20  # seconds kept for report.py
 START=$(date +%s)
-DEADLINE=$(( START + BUDGET ))
-status=0
+STEP_DEADLINE=$(( START + BUDGET )) STEP_LOGS=$RESULTS STEP_RESERVE=20  # 20 s kept for report.py
+source scripts/lib/steps.sh
+source scripts/gpu_env.sh  # carried wheels (.whl, from scripts/gpu_wheels.sh): omegaconf, DeepSpeed, Liger
 : >"$RESULTS/steps.jsonl"
 
-step() {  # step NAME CAP_S CMD...: run under min(CAP_S, time left), log to RESULTS/NAME.log, record rc
-  local name=$1 cap=$2; shift 2
-  local t0 left limit rc
-  t0=$(date +%s)
-  left=$(( DEADLINE - REPORT_RESERVE - t0 ))
-  limit=$(( cap < left ? cap : left ))
-  if (( limit < 15 )); then
-    echo "{\"step\": \"$name\", \"rc\": null, \"skipped\": \"no time left in the ${BUDGET} s budget\"}" \
-      >>"$RESULTS/steps.jsonl"
-    echo "[$name] SKIPPED: no time left in the ${BUDGET} s budget"
-    status=1
-    return
-  fi
-  timeout --signal=TERM --kill-after=5 "$limit" "$@" >"$RESULTS/$name.log" 2>&1
-  rc=$?
-  echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - t0 )), \"limit_s\": $limit}" \
-    >>"$RESULTS/steps.jsonl"
-  [[ $rc -ne 0 ]] && status=1
-  local what="rc=$rc"
-  [[ $rc -eq 124 || $rc -eq 137 ]] && what="TIMEOUT after ${limit}s"
-  echo "[$name] $what ($(( $(date +%s) - t0 ))s) -> $RESULTS/$name.log"
-  [[ $rc -ne 0 ]] && tail -n 5 "$RESULTS/$name.log" | sed 's/^/    /'
-  return 0
-}
 
 { nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -60,15 +36,18 @@ step() {  # step NAME CAP_S CMD...: run under min(CAP_S, time left), log to RESU
 missing=$(grep -o '^[a-z_A-Z]*: not installed' "$RESULTS/env.txt" | cut -d: -f1 | tr '\n' ' ')
 [[ -n "$missing" ]] && echo "not installed (what needs them is skipped or reduced): $missing"
 echo "  PIL: Pillow baselines of bench_preprocess; matplotlib: plots (run report.py elsewhere);" \
-  "flash_attn: the library row of the attention kernels; deepspeed, liger_kernel: not used by these benchmarks"
+  "flash_attn: the library row of the attention kernels; deepspeed, liger_kernel: bench_sft_step's" \
+  "ZeRO-2 and Liger variants (carry .whl from scripts/gpu_wheels.sh)"
 
 OUT=$("$PY" benchmarks/_common.py path "$RESULTS") || { echo "cannot name the results file"; exit 1; }
 echo "results -> $OUT"
 
 # sizes: chosen so that the steps total about 8 minutes on an H100 (estimates, see benchmarks/README.md)
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-step build_ext 180 "$PY" setup.py build_ext --inplace  # a CUDA torch adds csrc/**/*.cu (setup.py)
-step bench_kernels 110 "$PY" benchmarks/bench_kernels.py --out "$OUT" --rep-ms 100
+# a CUDA torch adds csrc/**/*.cu (setup.py); gpu_session.sh builds once and sets XGENMM_SKIP_BUILD=1
+[[ "${XGENMM_SKIP_BUILD:-0}" == "1" ]] || step build_ext 180 "$PY" setup.py build_ext --inplace
+# gpu_session.sh has gpu_check.sh run the kernel benchmarks into the same file (GPU_BENCH_SKIP_KERNELS=1)
+[[ "${GPU_BENCH_SKIP_KERNELS:-0}" == "1" ]] || step bench_kernels 110 "$PY" benchmarks/bench_kernels.py --out "$OUT" --rep-ms 100
 step bench_preprocess 50 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
 step bench_sft_step 170 "$PY" benchmarks/bench_sft_step.py --size released --device cuda --samples 16 \
   --repeats 3 --warmup 1 --out "$OUT"

@@ -1,9 +1,28 @@
 """Set before any test imports xgenmm_fast: without a GPU, Triton kernels run under the interpreter
 (read when kernels are defined, so it must precede the first import of xgenmm_fast.ops.triton). The
-Triton backends are then registered but not preferred on the CPU: every other test keeps the defaults."""
+Triton backends are then registered but not preferred on the CPU: every other test keeps the defaults.
+
+Tests marked `gpu` (bf16, torch.compile, CUDA kernels, the model on CUDA) are skipped — visibly — when
+no CUDA device exists; scripts/gpu_check.sh runs them on a GPU machine.
+"""
 import os
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (bf16, torch.compile, CUDA kernels); skipped without one")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run by scripts/gpu_check.sh)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -15,19 +15,7 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device (bf16, torch.compile, timings); skipped without one")
-
-
-def pytest_collection_modifyitems(config, items):
-    if HAS_CUDA:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device (run by scripts/gpu_check.sh)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+# the `gpu` marker and its skip without CUDA live in tests/conftest.py
 
 
 @pytest.fixture

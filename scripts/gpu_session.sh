@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Everything a GPU lease is for, in one call: build once, then scripts/gpu_check.sh (kernel tests and
+# benchmarks) and scripts/gpu_bench.sh (end-to-end benchmarks), sharing one deadline so the whole run
+# stays under GPU_SESSION_BUDGET_S (default 560 s, inside one 600 s device call). Prepare on the CPU side
+# first: `bash scripts/gpu_wheels.sh`, then call the device with carry [".whl"] and
+#
+#   bash scripts/gpu_session.sh "$OUT"
+#
+# The device tool brings back at most 8 files from $OUT, so the run works in a temporary folder and leaves
+# in OUTDIR: the results JSON and Markdown (<date>-<device>.json/.md, kernel rows included), steps.txt, and
+# logs.tar.gz (every log and junit XML). Copy the JSON into benchmarks/results/ here and run
+# benchmarks/report.py --readme README.md.
+set -uo pipefail
+if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
+  sed -n '2,10p' "$0"; exit 2
+fi
+OUTDIR=$1
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+WORK=$(mktemp -d)
+mkdir -p "$WORK/check" "$WORK/bench"
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+START=$(date +%s)
+BUDGET=${GPU_SESSION_BUDGET_S:-560}
+echo "== build"
+MAX_JOBS=${MAX_JOBS:-$(nproc)} timeout 200 "$PY" setup.py build_ext --inplace >"$WORK/build.log" 2>&1 \
+  || { echo "build failed:"; tail -n 20 "$WORK/build.log"; cp "$WORK/build.log" "$OUTDIR/"; exit 1; }
+export XGENMM_SKIP_BUILD=1 GPU_BENCH_SKIP_KERNELS=1
+# one results file for the kernel rows (written by gpu_check.sh) and the end-to-end rows (gpu_bench.sh)
+export GPU_BENCH_OUT=$("$PY" benchmarks/_common.py path "$WORK/bench")
+left=$(( BUDGET - ($(date +%s) - START) ))
+echo "== gpu_check ($(( left * 45 / 100 )) s)"
+GPU_CHECK_BUDGET_S=$(( left * 45 / 100 )) bash scripts/gpu_check.sh "$WORK/check"; rc_check=$?
+left=$(( BUDGET - ($(date +%s) - START) ))
+echo "== gpu_bench ($left s)"
+GPU_BENCH_BUDGET_S=$left bash scripts/gpu_bench.sh "$WORK/bench"; rc_bench=$?
+cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$OUTDIR"/ 2>/dev/null
+cat "$WORK"/check/steps.jsonl "$WORK"/bench/steps.jsonl >"$OUTDIR/steps.txt" 2>/dev/null
+tar czf "$OUTDIR/logs.tar.gz" -C "$WORK" .
+echo "== gpu_session: check rc=$rc_check, bench rc=$rc_bench, total $(( $(date +%s) - START ))s; in $OUTDIR:"
+ls "$OUTDIR"
+exit $(( rc_check != 0 || rc_bench != 0 ))

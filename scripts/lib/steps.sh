@@ -1,0 +1,34 @@
+# Sourced by the check/benchmark scripts: run named steps under per-step caps and one overall deadline.
+#
+# The caller sets STEP_LOGS (folder for NAME.log and steps.jsonl) and STEP_DEADLINE (epoch seconds; steps
+# get min(cap, time left - STEP_RESERVE)), and reads $status afterwards: 1 if any step failed, timed out
+# or was skipped for lack of time. Steps never abort the script: the others still run.
+
+status=0
+STEP_RESERVE=${STEP_RESERVE:-20}
+
+step() {  # step NAME CAP_S CMD...
+  local name=$1 cap=$2; shift 2
+  local t0 left limit rc what
+  t0=$(date +%s)
+  left=$(( STEP_DEADLINE - STEP_RESERVE - t0 ))
+  limit=$(( cap < left ? cap : left ))
+  if (( limit < 10 )); then
+    echo "{\"step\": \"$name\", \"rc\": null, \"skipped\": \"no time left before the deadline\"}" >>"$STEP_LOGS/steps.jsonl"
+    echo "[$name] SKIPPED: no time left before the deadline"
+    status=1
+    return 0
+  fi
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" >"$STEP_LOGS/$name.log" 2>&1
+  rc=$?
+  echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - t0 )), \"limit_s\": $limit}" \
+    >>"$STEP_LOGS/steps.jsonl"
+  what="rc=$rc"
+  [[ $rc -eq 124 || $rc -eq 137 ]] && what="TIMEOUT after ${limit}s"
+  echo "[$name] $what ($(( $(date +%s) - t0 ))s) -> $STEP_LOGS/$name.log"
+  if [[ $rc -ne 0 ]]; then
+    status=1
+    tail -n 5 "$STEP_LOGS/$name.log" | sed 's/^/    /'
+  fi
+  return 0
+}
