@@ -16,7 +16,7 @@ ctest:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release && cmake --build build/cmake -j2 && ctest --test-dir build/cmake --output-on-failure
 
 bench: install
-	$(PY) benchmarks/bench_preprocess.py --out benchmarks/results/$$(date +%F)-cpu-preprocess.json
+	bash scripts/cpu_bench.sh benchmarks/results
 
 clean:
 	rm -rf build *.egg-info xgenmm_fast/*.so runs
