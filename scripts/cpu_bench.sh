@@ -11,23 +11,14 @@
 #
 #   scripts/cpu_bench.sh RESULTS_DIR          # e.g. benchmarks/results, on a quiet machine
 set -uo pipefail
-if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
-  sed -n '2,12p' "$0"; exit 2
-fi
-RESULTS=$1
-mkdir -p "$RESULTS"
-RESULTS=$(cd "$RESULTS" && pwd)
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/lib/steps.sh"
+script_setup "$@"
 BUDGET=${CPU_BENCH_BUDGET_S:-720}
 START=$(date +%s)
 LOGS=${CPU_BENCH_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/cpu_bench.XXXXXX")}  # not in RESULTS_DIR: often the repo's
 mkdir -p "$LOGS"
 : >"$LOGS/steps.jsonl"
 STEP_DEADLINE=$(( START + BUDGET )) STEP_LOGS=$LOGS STEP_RESERVE=20  # 20 s kept for report.py
-source scripts/lib/steps.sh
-
 
 if ! "$PY" -c "from xgenmm_fast import _ext; raise SystemExit(0 if _ext.HAS_CPP_EXT else 1)" 2>/dev/null; then
   step build_ext 300 "$PY" setup.py build_ext --inplace

@@ -9,23 +9,14 @@
 #
 #   scripts/gpu_bench.sh RESULTS_DIR
 set -uo pipefail
-if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
-  sed -n '2,10p' "$0"; exit 2
-fi
-RESULTS=$1
-mkdir -p "$RESULTS"
-RESULTS=$(cd "$RESULTS" && pwd)
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the package from this checkout, installed or not
+source "$(dirname "$0")/lib/steps.sh"
+script_setup "$@"
 unset TRITON_INTERPRET
 BUDGET=${GPU_BENCH_BUDGET_S:-515}
 START=$(date +%s)
 STEP_DEADLINE=$(( START + BUDGET )) STEP_LOGS=$RESULTS STEP_RESERVE=20  # 20 s kept for report.py
-source scripts/lib/steps.sh
 source scripts/gpu_env.sh  # carried wheels (.whl, from scripts/gpu_wheels.sh): omegaconf, DeepSpeed, Liger
 : >"$RESULTS/steps.jsonl"
-
 
 { nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"

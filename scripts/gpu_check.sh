@@ -7,19 +7,11 @@
 #
 #   scripts/gpu_check.sh RESULTS_DIR        # XGENMM_SKIP_BUILD=1 skips the build (gpu_session.sh does)
 set -uo pipefail
-if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
-  sed -n '2,8p' "$0"; exit 2
-fi
-RESULTS=$1
-mkdir -p "$RESULTS"
-RESULTS=$(cd "$RESULTS" && pwd)
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/lib/steps.sh"
+script_setup "$@"
 unset TRITON_INTERPRET
 START=$(date +%s)
 STEP_DEADLINE=$(( START + ${GPU_CHECK_BUDGET_S:-450} )) STEP_LOGS=$RESULTS STEP_RESERVE=5
-source scripts/lib/steps.sh
 source scripts/gpu_env.sh
 : >"$RESULTS/steps.jsonl"
 

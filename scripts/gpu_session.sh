@@ -11,16 +11,11 @@
 # logs.tar.gz (every log and junit XML). Copy the JSON into benchmarks/results/ here and run
 # benchmarks/report.py --readme README.md.
 set -uo pipefail
-if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
-  sed -n '2,10p' "$0"; exit 2
-fi
-OUTDIR=$1
-mkdir -p "$OUTDIR"
-OUTDIR=$(cd "$OUTDIR" && pwd)
+source "$(dirname "$0")/lib/steps.sh"
+script_setup "$@"
+OUTDIR=$RESULTS
 WORK=$(mktemp -d)
 mkdir -p "$WORK/check" "$WORK/bench"
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
 START=$(date +%s)
 BUDGET=${GPU_SESSION_BUDGET_S:-560}
 echo "== build"

@@ -1,8 +1,23 @@
-# Sourced by the check/benchmark scripts: run named steps under per-step caps and one overall deadline.
+# Sourced by the check/benchmark scripts (cpu_bench, gpu_bench, gpu_check, gpu_session): their common
+# start (script_setup) and named steps run under per-step caps and one overall deadline (step).
 #
-# The caller sets STEP_LOGS (folder for NAME.log and steps.jsonl) and STEP_DEADLINE (epoch seconds; steps
+# script_setup ARGS...: with no argument or -h/--help, print the script's header comment and exit 2; else RESULTS = the absolute path of $1 (created), the working folder
+# becomes the repository root, PY = $PYTHON or python3, and this checkout goes first on PYTHONPATH.
+#
+# For step, the caller sets STEP_LOGS (folder for NAME.log and steps.jsonl) and STEP_DEADLINE (epoch seconds; steps
 # get min(cap, time left - STEP_RESERVE)), and reads $status afterwards: 1 if any step failed, timed out
 # or was skipped for lack of time. Steps never abort the script: the others still run.
+
+script_setup() {
+  if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+    exit 2
+  fi
+  mkdir -p "$1" && RESULTS=$(cd "$1" && pwd) || exit 1
+  cd "$(dirname "$0")/.." || exit 1
+  PY=${PYTHON:-python3}
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+}
 
 status=0
 STEP_RESERVE=${STEP_RESERVE:-20}
