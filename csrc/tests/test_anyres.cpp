@@ -10,20 +10,11 @@
 #include <vector>
 
 #include "anyres/anyres.h"
+#include "tests/check.h"
 
 using namespace xgenmm::anyres;
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                      \
-  do {                                                                   \
-    if (!(cond)) {                                                       \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                      \
-    }                                                                    \
-  } while (0)
 
 const std::vector<Size2> kGrids = {{384, 768}, {768, 384}, {768, 768}, {1152, 384}, {384, 1152}};
 
@@ -254,10 +245,5 @@ int main() {
   test_threads_identical();
   test_generic_kernels_match();
   test_errors();
-  if (g_failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("test_anyres: all checks passed\n");
-  return 0;
+  return xgenmm::testing::finish("test_anyres");
 }

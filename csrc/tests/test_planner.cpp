@@ -9,20 +9,11 @@
 #include <vector>
 
 #include "packing/planner.h"
+#include "tests/check.h"
 
 using namespace xgenmm::packing;
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                                 \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                                 \
-    }                                                                               \
-  } while (0)
 
 using Rows = std::vector<std::vector<int64_t>>;
 
@@ -142,10 +133,5 @@ int main() {
   test_random_matches_naive();
   test_large_valid();
   test_errors();
-  if (g_failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("test_planner: all checks passed\n");
-  return 0;
+  return xgenmm::testing::finish("test_planner");
 }
