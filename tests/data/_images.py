@@ -45,3 +45,24 @@ def random_image(mode: str, size: tuple[int, int], rng: np.random.Generator) -> 
         im.putpalette(rng.integers(0, 256, palette_len * 3, dtype=np.uint8).tobytes())
         return im
     raise ValueError(f"no generator for mode {mode!r}")
+
+
+# ---- raw arrays for the C++ / CUDA batch paths (test_anyres_pack_emulated, kernels/test_anyres_cuda) ----
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ARRAY_FORMATS = ("L", "LA", "RGB", "RGBA", "I;16")
+# (W, H): 1x1, single rows / columns, odd, the target workload (1000x700), exact grid sizes, a base tile
+# that shrinks the height much more than the width (vertical pass first under Pillow 13), very wide / tall
+PACK_SIZES = [
+    (1, 1), (1, 2000), (2000, 1), (2, 3), (383, 385), (641, 479), (1000, 700),
+    (384, 384), (384, 768), (768, 768), (400, 1500), (5000, 40), (40, 5000),
+]  # fmt: skip
+
+
+def random_array(fmt: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Uniform noise of PIL size (W, H) in one of the C++ input formats (ARRAY_FORMATS)."""
+    w, h = size
+    if fmt == "I;16":  # past 255 too: converted by clipping
+        return rng.integers(0, 700, (h, w), dtype=np.uint16)
+    channels = {"L": 0, "LA": 2, "RGB": 3, "RGBA": 4}[fmt]
+    return rng.integers(0, 256, (h, w, channels) if channels else (h, w), dtype=np.uint8)

@@ -10,7 +10,6 @@ reproduces the integer arithmetic exactly, so these tests demand bit equality.
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,39 +20,24 @@ from xgenmm_fast import _ext
 from xgenmm_fast.data import preprocess as pp
 from xgenmm_fast.data.anyres import DEFAULT_GRIDS, TILE
 
+from ._images import (
+    ARRAY_FORMATS,
+    CLIP_MEAN,
+    CLIP_STD,
+    PACK_SIZES,
+    fresh_seed,
+    random_array,
+)
+
 pytestmark = pytest.mark.skipif(
     not _ext.HAS_CPP_EXT, reason="C++ extension not built (pip install --no-build-isolation -e .)"
 )
 
 GRIDS = [tuple(g) for g in DEFAULT_GRIDS]
 MEAN, STD = [0.5] * 3, [0.5] * 3
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-FORMATS = ("L", "LA", "RGB", "RGBA", "I;16")
 ORDERS = ("pillow", "horizontal_first")
-# (W, H): 1x1, single rows / columns, odd, the target workload (1000x700), exact grid sizes, a base
-# tile that shrinks the height much more than the width (vertical pass first under Pillow 13), very
-# wide and very tall
-SIZES = [
-    (1, 1), (1, 2000), (2000, 1), (2, 3), (383, 385), (641, 479), (1000, 700),
-    (384, 384), (384, 768), (768, 768), (400, 1500), (5000, 40), (40, 5000),
-]  # fmt: skip
 
 
-def fresh_seed(label: str) -> int:
-    env = os.environ.get("XGENMM_TEST_SEED")
-    seed = int(env) if env else int.from_bytes(os.urandom(4), "little")
-    print(f"random seed for {label}: {seed} (rerun with XGENMM_TEST_SEED={seed})")
-    return seed
-
-
-def random_array(fmt: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Uniform noise (the worst case for roundings and clipping) of PIL size (W, H) in a C++ input format."""
-    w, h = size
-    if fmt == "I;16":  # past 255 too: converted by clipping
-        return rng.integers(0, 700, (h, w), dtype=np.uint16)
-    channels = {"L": 0, "LA": 2, "RGB": 3, "RGBA": 4}[fmt]
-    return rng.integers(0, 256, (h, w, channels) if channels else (h, w), dtype=np.uint8)
 
 
 def run_emulated(arrays, grids=GRIDS, tile=TILE, mean=MEAN, std=STD, out=None, order="pillow"):
@@ -80,11 +64,11 @@ def assert_same(got, ref, context: str) -> None:
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", ARRAY_FORMATS)
 def test_emulation_matches_cpp_per_format(fmt, order):
     seed = fresh_seed(f"{fmt} {order}")
     rng = np.random.default_rng(seed)
-    arrays = [random_array(fmt, size, rng) for size in SIZES]  # one batch: images at different offsets
+    arrays = [random_array(fmt, size, rng) for size in PACK_SIZES]  # one batch: images at different offsets
     assert_same(run_emulated(arrays, order=order), run_cpp(arrays, order=order), f"{fmt}, {order}, seed {seed}")
 
 
@@ -94,7 +78,7 @@ def test_emulation_matches_cpp_random_sizes_mixed_formats(order):
     rng = np.random.default_rng(seed)
     sizes = [tuple(int(v) for v in rng.integers(1, 1600, 2)) for _ in range(12)]
     sizes += [tuple(int(v) for v in rng.integers(1, 60, 2)) for _ in range(12)]
-    arrays = [random_array(FORMATS[int(rng.integers(len(FORMATS)))], s, rng) for s in sizes]
+    arrays = [random_array(ARRAY_FORMATS[int(rng.integers(len(ARRAY_FORMATS)))], s, rng) for s in sizes]
     assert_same(run_emulated(arrays, order=order), run_cpp(arrays, order=order), f"{sizes}, {order}, seed {seed}")
 
 
@@ -124,7 +108,7 @@ def test_float32_into_out():
 def test_clip_normalisation_other_tiles_and_grids():
     seed = fresh_seed("tiles")
     rng = np.random.default_rng(seed)
-    arrays = [random_array(f, (int(rng.integers(1, 400)), int(rng.integers(1, 400))), rng) for f in FORMATS]
+    arrays = [random_array(f, (int(rng.integers(1, 400)), int(rng.integers(1, 400))), rng) for f in ARRAY_FORMATS]
     for tile, grids in [
         (64, [(64, 128), (128, 64), (128, 128)]),
         (50, [(50, 100), (100, 50), (150, 50), (50, 150), (100, 100)]),  # tile not a multiple of 32

@@ -10,8 +10,6 @@ passes the bar but not equality means the GPU build rounds somewhere the CPU one
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -20,35 +18,24 @@ from xgenmm_fast import _ext
 from xgenmm_fast.data.anyres import TILE
 from xgenmm_fast.data.preprocess import preprocess_images
 
+from ..data._images import (
+    ARRAY_FORMATS,
+    CLIP_MEAN,
+    CLIP_STD,
+    PACK_SIZES,
+    fresh_seed,
+    random_array,
+)
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not _ext.HAS_CPP_EXT, reason="C++ extension not built (pip install --no-build-isolation -e .)"),
 ]
 
 LEVEL = 1 / 255 / 0.5  # one pixel level in normalised units (std 0.5)
-FORMATS = ("L", "LA", "RGB", "RGBA", "I;16")
 ORDERS = ("pillow13", "horizontal_first")
-SIZES = [
-    (1, 1), (1, 2000), (2000, 1), (2, 3), (383, 385), (641, 479), (1000, 700),
-    (384, 384), (384, 768), (768, 768), (400, 1500), (5000, 40), (40, 5000),
-]  # fmt: skip
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def fresh_seed(label: str) -> int:
-    env = os.environ.get("XGENMM_TEST_SEED")
-    seed = int(env) if env else int.from_bytes(os.urandom(4), "little")
-    print(f"random seed for {label}: {seed} (rerun with XGENMM_TEST_SEED={seed})")
-    return seed
-
-
-def random_array(fmt: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    w, h = size
-    if fmt == "I;16":
-        return rng.integers(0, 700, (h, w), dtype=np.uint16)
-    channels = {"L": 0, "LA": 2, "RGB": 3, "RGBA": 4}[fmt]
-    return rng.integers(0, 256, (h, w, channels) if channels else (h, w), dtype=np.uint8)
 
 
 def assert_within_a_level_and_exact(got: torch.Tensor, ref: torch.Tensor, context: str, level: float = LEVEL):
@@ -82,11 +69,11 @@ def test_extension_has_the_cuda_kernel():
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", ARRAY_FORMATS)
 def test_cuda_matches_cpp_float32(fmt, order):
     seed = fresh_seed(f"{fmt} {order}")
     rng = np.random.default_rng(seed)
-    arrays = [random_array(fmt, size, rng) for size in SIZES]
+    arrays = [random_array(fmt, size, rng) for size in PACK_SIZES]
     got, ref = run_both(arrays, resize_order=order)
     assert_within_a_level_and_exact(got.pixel_values, ref.pixel_values, f"{fmt}, {order}, seed {seed}")
 
@@ -96,7 +83,7 @@ def test_cuda_random_sizes_mixed_formats_clip_norm():
     rng = np.random.default_rng(seed)
     sizes = [tuple(int(v) for v in rng.integers(1, 2500, 2)) for _ in range(24)]
     sizes += [tuple(int(v) for v in rng.integers(1, 60, 2)) for _ in range(8)]
-    arrays = [random_array(FORMATS[int(rng.integers(len(FORMATS)))], s, rng) for s in sizes]
+    arrays = [random_array(ARRAY_FORMATS[int(rng.integers(len(ARRAY_FORMATS)))], s, rng) for s in sizes]
     got, ref = run_both(arrays, mean=CLIP_MEAN, std=CLIP_STD)
     # one level of 255 in CLIP units is 1 / 255 / min(std)
     assert_within_a_level_and_exact(got.pixel_values, ref.pixel_values, f"seed {seed}", 1 / 255 / min(CLIP_STD))
@@ -105,7 +92,7 @@ def test_cuda_random_sizes_mixed_formats_clip_norm():
 def test_cuda_other_tile_sizes():
     seed = fresh_seed("tiles")
     rng = np.random.default_rng(seed)
-    arrays = [random_array(f, tuple(int(v) for v in rng.integers(1, 500, 2)), rng) for f in FORMATS]
+    arrays = [random_array(f, tuple(int(v) for v in rng.integers(1, 500, 2)), rng) for f in ARRAY_FORMATS]
     for tile, grids in [(64, [[64, 128], [128, 64], [128, 128]]), (50, [[50, 100], [100, 50], [150, 50]])]:
         got, ref = run_both(arrays, grids=grids, tile=tile, patch=8)
         assert_within_a_level_and_exact(got.pixel_values, ref.pixel_values, f"tile {tile}, seed {seed}")
@@ -130,7 +117,7 @@ def test_cuda_default_is_bfloat16_within_its_rounding():
 def test_cuda_float16_out():
     seed = fresh_seed("fp16")
     rng = np.random.default_rng(seed)
-    arrays = [random_array(f, (641, 479), rng) for f in FORMATS]
+    arrays = [random_array(f, (641, 479), rng) for f in ARRAY_FORMATS]
     got, ref = run_both(arrays, dtype=torch.float16)
     assert torch.equal(got.pixel_values.cpu(), ref.pixel_values.to(torch.float16)), f"seed {seed}"
 
