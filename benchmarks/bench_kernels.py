@@ -3,7 +3,9 @@
 For each kernel: median time, TFLOP/s (matrix-bound ops) or GB/s (memory-bound ops, fewest bytes: each
 input read once, each output written once), the fraction of the peak MEASURED in the same run (a large
 bf16 matmul for TFLOP/s, a large device-to-device copy, read + write, for GB/s), and the speedup over the
-baseline (the op's reference; for attention also torch SDPA's flash backend, and flash-attn if installed).
+baseline (the op's reference). Attention also gets a library row, the first present of: flash-attn's
+flash_attn_varlen_func, torch's torch.nn.attention.varlen.varlen_attn (both with the sliding window), SDPA's
+flash backend per sequence (no window: `sdpa_flash_per_seq_causal_no_window`, causal only).
 
   python benchmarks/bench_kernels.py --results-dir benchmarks/results    # GPU
   python benchmarks/bench_kernels.py --out results/kernels.json          # GPU, to a given file
@@ -18,6 +20,7 @@ the JSON goes to stdout; the table is printed last either way.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 
@@ -83,6 +86,40 @@ def _fwd_bwd(fn, inputs, grad=None):
         out = fn()
         out.backward(grad if grad is not None else torch.ones_like(out))
     return run
+
+
+def varlen_library(q, k, v, cu, max_len: int, window: int, device: str, dtype: torch.dtype):
+    """The best library path for packed causal attention with an HF sliding window W, as (name, fn), or None
+    (no CUDA). Preference: flash-attn's flash_attn_varlen_func, then torch's own
+    torch.nn.attention.varlen.varlen_attn (both take the window as (W - 1, 0)), then SDPA's flash backend
+    once per sequence, which has no window: causal only, the name says so (an upper bound on the speed)."""
+    if device != "cuda":
+        return None
+    try:
+        from flash_attn import flash_attn_varlen_func
+        return ("flash_attn_varlen", lambda: flash_attn_varlen_func(
+            q, k, v, cu, cu, max_len, max_len, causal=True, window_size=(window - 1, 0)))
+    except ImportError:
+        pass
+    from xgenmm_fast.ops import library_attention as lib
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+        windowed = "window_size" in inspect.signature(varlen_attn).parameters  # torch 2.10's: is_causal only
+    except ImportError:
+        windowed = False
+    if windowed and lib.torch_varlen_available() and dtype in (torch.float16, torch.bfloat16):
+        # (the wrapper falls back to the reference on fp32: no library row from it then)
+        return ("torch_varlen_attn", lambda: lib.varlen_attention_torch_varlen(
+            q, k, v, cu, causal=True, sliding_window=window, max_seqlen=max_len))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    pads = [(q[s:e], k[s:e], v[s:e]) for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())]
+
+    def sdpa_flash():  # per-sequence flash SDPA (no window support: causal only — an upper bound)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return torch.cat([torch.nn.functional.scaled_dot_product_attention(
+                a.transpose(0, 1)[None], b.transpose(0, 1)[None], c.transpose(0, 1)[None], is_causal=True
+            )[0].transpose(0, 1) for a, b, c in pads])
+    return ("sdpa_flash_per_seq_causal_no_window", sdpa_flash)
 
 
 def cases(device: str, dtype: torch.dtype, smoke: bool):
@@ -154,23 +191,7 @@ def cases(device: str, dtype: torch.dtype, smoke: bool):
     window = 2047
     cfg = {"seqlens": lens if smoke else "4x2048+4x1024+8x512", "heads": H, "head_dim": D, "window": window}
     max_len = max(lens)
-    library = None
-    if device == "cuda":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        pads = [(qv[s:e], kv[s:e], vv[s:e]) for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())]
-
-        def sdpa_flash():  # per-sequence flash SDPA (no window support: causal only — an upper bound)
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return torch.cat([torch.nn.functional.scaled_dot_product_attention(
-                    a.transpose(0, 1)[None], b.transpose(0, 1)[None], c.transpose(0, 1)[None], is_causal=True
-                )[0].transpose(0, 1) for a, b, c in pads])
-        library = ("sdpa_flash_per_seq", sdpa_flash)
-        try:
-            from flash_attn import flash_attn_varlen_func
-            library = ("flash_attn_varlen", lambda: flash_attn_varlen_func(
-                qv, kv, vv, cu, cu, max_len, max_len, causal=True, window_size=(window - 1, 0)))
-        except ImportError:
-            pass
+    library = varlen_library(qv, kv, vv, cu, max_len, window, device, dtype)
     yield ("varlen_attn_fwd", cfg,
            lambda: varlen_attention_triton(qv, kv, vv, cu, sliding_window=window, max_seqlen=max_len),
            ("sdpa_per_seq", lambda: attention.varlen_attention_sdpa(qv, kv, vv, cu, sliding_window=window)),

@@ -1,0 +1,128 @@
+"""bench_sft_step's extra variants (baseline + Liger, ours under DeepSpeed ZeRO-2) and bench_kernels' choice
+of the attention library row. CPU only and quick: the rows are built from made-up timings; the Liger
+pipeline is built (not run: Liger's RMSNorm/SwiGLU kernels fail under the Triton interpreter) where
+liger_kernel imports; the ZeRO-2 step runs once, end to end, in a subprocess where deepspeed imports (about
+10 s; DeepSpeed's CPU accelerator JIT-builds its shared-memory comm op on its first use on a machine)."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCH)
+common = importlib.import_module("_common")
+sft = importlib.import_module("bench_sft_step")
+kernels = importlib.import_module("bench_kernels")
+
+CONFIG = {"size": "tiny", "device": "cpu", "samples_per_step": 8}
+
+
+def _doc(rows):
+    doc = common.document(rows, "bench_sft_step", argv=[])
+    common.validate(doc)  # speedups follow from the sides, skipped rows carry their reason
+    return {r["name"]: r for r in doc["results"]}
+
+
+def test_variant_rows_compare_with_the_plain_baseline():
+    times = {"ours": 1.0, "baseline": 4.0}
+    peaks = {"ours": 1.0, "baseline": 8.0}
+    status = {"baseline_liger": {"time": 2.0, "peak_gb": 4.0, "extra": {"liger_kernel": "0.8.5"}},
+              "ours_zero2": {"time": 1.25, "peak_gb": 2.0, "extra": {"deepspeed": "0.19.8"}}}
+    rows = _doc(sft.variant_rows(CONFIG, 8, 800, times, peaks, "how", status))
+    liger = rows["sft_step/baseline_liger/samples_per_s"]
+    assert liger["ours"] == {"value": 4.0, "unit": "samples/s", "impl": "baseline_liger"}
+    assert liger["baseline"]["impl"] == "baseline" and liger["speedup"] == 2.0  # vs the plain baseline
+    assert liger["config"]["liger_ops"] == sft.LIGER_OPS and liger["extra"]["liger_kernel"] == "0.8.5"
+    assert rows["sft_step/ours_zero2/lm_tokens_per_s"]["speedup"] == 3.2
+    assert rows["sft_step/ours_zero2/peak_memory"]["speedup"] == 4.0  # 8 GB / 2 GB, lower is better
+    assert rows["sft_step/ours_zero2/samples_per_s"]["config"]["zero_stage"] == 2
+    vs = rows["sft_step/samples_per_s/vs_baseline_liger"]  # ours vs the Liger baseline
+    assert (vs["ours"]["impl"], vs["baseline"]["impl"], vs["speedup"]) == ("ours", "baseline_liger", 2.0)
+    assert rows["sft_step/peak_memory/vs_baseline_liger"]["speedup"] == 4.0
+    assert len(rows) == 8
+
+
+def test_variant_rows_say_why_a_variant_did_not_run():
+    status = {"baseline_liger": {"skipped": "needs CUDA"}, "ours_zero2": {"error": "OutOfMemoryError: ..."}}
+    rows = _doc(sft.variant_rows(CONFIG, 8, 800, {"ours": 1.0, "baseline": 2.0}, {"ours": 1.0, "baseline": 2.0},
+                                 "how", status))
+    assert set(rows) == {"sft_step/baseline_liger/samples_per_s", "sft_step/ours_zero2/samples_per_s"}
+    assert rows["sft_step/baseline_liger/samples_per_s"]["skipped"] == "needs CUDA"
+    assert rows["sft_step/ours_zero2/samples_per_s"]["error"].startswith("OutOfMemoryError")
+    assert not sft.variant_rows(CONFIG, 8, 800, {}, {}, "how", {})  # none asked for: no rows
+
+
+def test_liger_variant_is_skipped_without_cuda():
+    assert "CUDA" in sft.liger_unavailable("cpu")
+
+
+def test_liger_pipeline_patches_its_own_copy_only():
+    pytest.importorskip("liger_kernel.transformers")
+    from transformers.models.phi3 import modeling_phi3
+
+    from xgenmm_fast import XGenMM, XGenMMConfig
+    from xgenmm_fast.model.init import init_random_weights
+    cfg = XGenMMConfig.resolve("tiny_wide")
+    torch.manual_seed(0)
+    ours = init_random_weights(XGenMM(cfg))
+    stock = {k: getattr(modeling_phi3, k) for k in sft.LigerPipeline.PATCHED}
+    base, liger = sft.OriginalPipeline(ours), sft.LigerPipeline(ours)
+    assert all(getattr(modeling_phi3, k) is v for k, v in stock.items())  # module attributes put back
+    assert "forward" in liger.lm.norm.__dict__ and "forward" in liger.lm.layers[0].mlp.__dict__
+    assert "forward" not in base.lm.norm.__dict__ and "forward" not in base.lm.layers[0].mlp.__dict__
+    with liger.rope():
+        assert modeling_phi3.apply_rotary_pos_emb is not stock["apply_rotary_pos_emb"]
+    assert modeling_phi3.apply_rotary_pos_emb is stock["apply_rotary_pos_emb"]
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), liger.parameters()))
+    # Liger's fused linear CE over the concatenated decoupled head = the original's full-logit CE
+    # (fp32; on the CPU through the Triton interpreter that conftest.py turns on)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    base, liger = base.to(dev), liger.to(dev)
+    h = torch.randn(2, 9, cfg.text.hidden_size, device=dev, requires_grad=True)
+    y = torch.randint(0, cfg.text.initial_tokenizer_len + 3, (2, 9), device=dev)
+    y[0, :3] = -100
+    y[1, -2] = cfg.text.initial_tokenizer_len + 1  # one of the added tokens (the additional_fc rows)
+    want, got = base.head_loss(h, y), liger.head_loss(h, y)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(got, h)[0], torch.autograd.grad(want, h)[0],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_zero2_variant_runs_on_cpu():
+    pytest.importorskip("deepspeed")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "bench_sft_step.py"), "--smoke", "--variants",
+                          "ours_zero2"], check=False, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads(out.stdout)  # DeepSpeed's logging must not reach stdout
+    common.validate(doc)
+    rows = {r["name"]: r for r in doc["results"]}
+    z = rows["sft_step/ours_zero2/samples_per_s"]
+    assert z["ours"]["value"] > 0 and z["extra"]["accelerator"] == "cpu", z
+    assert z["extra"]["ds_config"]["zero_optimization"]["stage"] == 2
+    assert "sft_step/baseline_liger/samples_per_s" not in rows  # not asked for
+    assert doc["runs"]["bench_sft_step"]["variants"] == {"ours_zero2": "measured"}
+
+
+def test_attention_library_row_preference(monkeypatch):
+    from xgenmm_fast.ops import library_attention as lib
+    q = k = v = torch.zeros(4, 1, 8)
+    cu = torch.tensor([0, 4], dtype=torch.int32)
+    assert kernels.varlen_library(q, k, v, cu, 4, 3, "cpu", torch.bfloat16) is None  # no CUDA, no row
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # flash-attn absent (import raises ImportError)
+    monkeypatch.setattr(lib, "torch_varlen_available", lambda: True)
+    assert kernels.varlen_library(q, k, v, cu, 4, 3, "cuda", torch.bfloat16)[0] == "torch_varlen_attn"
+    # fp32 (torch's varlen_attn takes fp16/bf16 only) or no varlen_attn: per-sequence SDPA, named causal-only
+    assert kernels.varlen_library(q, k, v, cu, 4, 3, "cuda", torch.float32)[0] == \
+        "sdpa_flash_per_seq_causal_no_window"
+    monkeypatch.setattr(lib, "torch_varlen_available", lambda: False)
+    assert kernels.varlen_library(q, k, v, cu, 4, 3, "cuda", torch.bfloat16)[0].endswith("causal_no_window")
