@@ -62,7 +62,10 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str | None:
-    """HEAD's sha, with "+dirty" when the working tree has changes; None outside a checkout."""
+    """HEAD's sha, with "+dirty" when the working tree has changes; None outside a checkout.
+    XGENMM_BENCH_COMMIT overrides it (a copy of the tree without .git, e.g. on the GPU machine)."""
+    if os.environ.get("XGENMM_BENCH_COMMIT"):
+        return os.environ["XGENMM_BENCH_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10,
                              check=False)

@@ -214,7 +214,8 @@ def main(argv=None):
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     cfg = model_config(args.size)
     torch.manual_seed(0)
-    policy = init_random_weights(XGenMM(cfg), seed=0).to(args.device, dtype)
+    with torch.device(args.device):  # build (and initialise) on the device: released-size models in seconds
+        policy = init_random_weights(XGenMM(cfg), seed=0).to(args.device, dtype)
     policy.vision_encoder.requires_grad_(False)
     policy.set_gradient_checkpointing(args.checkpointing)
     policy.train()

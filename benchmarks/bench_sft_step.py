@@ -487,10 +487,11 @@ def run(args):
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     status: dict[str, dict] = {}  # variant -> {"time", "peak_gb", "extra"} | {"skipped"} | {"error"}
     torch.manual_seed(0)
-    ours = init_random_weights(XGenMM(cfg)).to(device, dtype)
-    ours.set_gradient_checkpointing(True)
-    ours.train()
-    base = OriginalPipeline(ours).to(device, dtype)
+    with torch.device(device):  # build (and initialise) on the device: released-size models in seconds
+        ours = init_random_weights(XGenMM(cfg)).to(device, dtype)
+        ours.set_gradient_checkpointing(True)
+        ours.train()
+        base = OriginalPipeline(ours).to(device, dtype)
     getattr(base.lm, "activation_checkpointing_enable", base.lm.gradient_checkpointing_enable)()
     base.train()
     liger = None
@@ -500,7 +501,8 @@ def run(args):
             status["baseline_liger"] = {"skipped": why}
         else:
             try:
-                liger = LigerPipeline(ours).to(device, dtype)
+                with torch.device(device):
+                    liger = LigerPipeline(ours).to(device, dtype)
                 getattr(liger.lm, "activation_checkpointing_enable", liger.lm.gradient_checkpointing_enable)()
                 liger.train()
             except Exception as e:  # noqa: BLE001  (a Liger that does not fit this transformers: a row)

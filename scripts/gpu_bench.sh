@@ -39,12 +39,12 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 [[ "${XGENMM_SKIP_BUILD:-0}" == "1" ]] || step build_ext 180 "$PY" setup.py build_ext --inplace
 # gpu_session.sh has gpu_check.sh run the kernel benchmarks into the same file (GPU_BENCH_SKIP_KERNELS=1)
 [[ "${GPU_BENCH_SKIP_KERNELS:-0}" == "1" ]] || step bench_kernels 110 "$PY" benchmarks/bench_kernels.py --out "$OUT" --rep-ms 100
-step bench_preprocess 50 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
-step bench_sft_step 170 "$PY" benchmarks/bench_sft_step.py --size released --device cuda --samples 16 \
+step bench_preprocess 40 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
+step bench_sft_step 150 "$PY" benchmarks/bench_sft_step.py --size released --device cuda --samples 16 \
   --repeats 3 --warmup 1 --out "$OUT"
-step bench_dpo 100 "$PY" benchmarks/bench_dpo.py --size released --device cuda --checkpointing --repeats 3 \
+step bench_dpo 90 "$PY" benchmarks/bench_dpo.py --size released --device cuda --checkpointing --repeats 3 \
   --warmup 1 --out "$OUT"
-step bench_generate 100 "$PY" benchmarks/bench_generate.py --size released --device cuda --repeats 3 --out "$OUT"
+step bench_generate 90 "$PY" benchmarks/bench_generate.py --size released --device cuda --repeats 3 --out "$OUT"
 
 echo "== total $(( $(date +%s) - START ))s; steps:"; cat "$RESULTS/steps.jsonl"
 if [[ -f "$OUT" ]]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for the kernels (issue #4) on a fresh GPU machine: build the extension (a CUDA torch adds the
 # csrc/**/*.cu kernels), check the CUDA entry points exist, run tests/kernels on CUDA (the `gpu`-marked bf16,
-# torch.compile and CUDA-kernel tests included), a CUDA smoke of the packed model (tests/model), and the
+# torch.compile and CUDA-kernel tests included), the whole model on CUDA (tests/model -m gpu), and the
 # kernel benchmarks; print a short table last. Logs, junit XML and JSON land under RESULTS_DIR.
 # Budget: GPU_CHECK_BUDGET_S (default 450 s; each step also has its own cap).
 #
@@ -22,10 +22,15 @@ source scripts/gpu_env.sh
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 [[ "${XGENMM_SKIP_BUILD:-0}" == "1" ]] || step build_ext 180 "$PY" setup.py build_ext --inplace
 step cuda_ext 30 "$PY" -c "from xgenmm_fast import _C; assert hasattr(_C, 'anyres_preprocess_cuda'), 'built without CUDA'"
-step pytest_kernels 180 "$PY" -m pytest tests/kernels -q -rs -p no:cacheprovider --junitxml="$RESULTS/pytest_kernels.xml"
-step pytest_model 90 "$PY" -m pytest tests/model -q -rs -p no:cacheprovider -x --junitxml="$RESULTS/pytest_model.xml"
+# pytest-xdist (on the GPU image) spreads the Triton compiles of the many test shapes over the CPU cores
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${GPU_TEST_WORKERS:-8}")
+step pytest_kernels 150 "$PY" -m pytest tests/kernels -q -rs -p no:cacheprovider "${XDIST[@]}" \
+  --junitxml="$RESULTS/pytest_kernels.xml"
+step pytest_model 60 "$PY" -m pytest tests/model -m gpu -q -rs -p no:cacheprovider "${XDIST[@]}" \
+  --junitxml="$RESULTS/pytest_model.xml"
 # GPU_BENCH_OUT (set by gpu_session.sh): merge the kernel rows into the suite's results file instead
-step bench_kernels 110 "$PY" benchmarks/bench_kernels.py --out "${GPU_BENCH_OUT:-$RESULTS/bench_kernels.json}" --rep-ms 100
+step bench_kernels 90 "$PY" benchmarks/bench_kernels.py --out "${GPU_BENCH_OUT:-$RESULTS/bench_kernels.json}" --rep-ms 100
 
 echo "== total $(( $(date +%s) - START ))s; steps:"; cat "$RESULTS/steps.jsonl"
 echo "== pytest tests/kernels on CUDA:"; tail -n 3 "$RESULTS/pytest_kernels.log"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a GPU lease is for, in one call: build once, then scripts/gpu_check.sh (kernel tests and
 # benchmarks) and scripts/gpu_bench.sh (end-to-end benchmarks), sharing one deadline so the whole run
-# stays under GPU_SESSION_BUDGET_S (default 560 s, inside one 600 s device call). Prepare on the CPU side
+# stays under GPU_SESSION_BUDGET_S (default 540 s, inside one 600 s device call). Prepare on the CPU side
 # first: `bash scripts/gpu_wheels.sh`, then call the device with carry [".whl"] and
 #
 #   bash scripts/gpu_session.sh "$OUT"
@@ -17,10 +17,18 @@ OUTDIR=$RESULTS
 WORK=$(mktemp -d)
 mkdir -p "$WORK/check" "$WORK/bench"
 START=$(date +%s)
-BUDGET=${GPU_SESSION_BUDGET_S:-560}
+BUDGET=${GPU_SESSION_BUDGET_S:-540}
 echo "== build"
-MAX_JOBS=${MAX_JOBS:-$(nproc)} timeout 200 "$PY" setup.py build_ext --inplace >"$WORK/build.log" 2>&1 \
-  || { echo "build failed:"; tail -n 20 "$WORK/build.log"; cp "$WORK/build.log" "$OUTDIR/"; exit 1; }
+# A failed CUDA build must not waste the lease: fall back to the C++-only extension (the Triton kernels
+# need none of it) and go on; gpu_check's cuda_ext step then fails and says so.
+if ! MAX_JOBS=${MAX_JOBS:-$(nproc)} timeout 240 "$PY" setup.py build_ext --inplace >"$WORK/build.log" 2>&1; then
+  echo "CUDA build failed (tail below); building without CUDA and going on"
+  tail -n 25 "$WORK/build.log"
+  cp "$WORK/build.log" "$OUTDIR/build_cuda_failed.log"
+  XGENMM_NO_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} timeout 120 "$PY" setup.py build_ext --inplace >"$WORK/build_cpu.log" 2>&1 \
+    || { echo "CPU build failed too"; tail -n 20 "$WORK/build_cpu.log"; }
+fi
+echo "build done at $(( $(date +%s) - START ))s"
 export XGENMM_SKIP_BUILD=1 GPU_BENCH_SKIP_KERNELS=1
 # one results file for the kernel rows (written by gpu_check.sh) and the end-to-end rows (gpu_bench.sh)
 export GPU_BENCH_OUT=$("$PY" benchmarks/_common.py path "$WORK/bench")

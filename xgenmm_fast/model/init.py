@@ -8,17 +8,20 @@ from torch import nn
 
 @torch.no_grad()
 def init_random_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
+    # draw on the parameters' device: a released-size model built on a GPU initialises in a second there
+    # (on the CPU the values are the same as ever)
+    device = next(model.parameters(), torch.empty(0)).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         is_norm = any(s in name for s in ("norm", "layernorm", "layer_norm"))
         if is_norm and leaf == "weight":
-            vals = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+            vals = 1.0 + 0.1 * torch.randn(p.shape, generator=gen, device=device)
         elif leaf == "bias":
-            vals = 0.02 * torch.randn(p.shape, generator=gen)
+            vals = 0.02 * torch.randn(p.shape, generator=gen, device=device)
         elif leaf == "latents":
-            vals = torch.randn(p.shape, generator=gen)
+            vals = torch.randn(p.shape, generator=gen, device=device)
         else:
-            vals = std * torch.randn(p.shape, generator=gen)
+            vals = std * torch.randn(p.shape, generator=gen, device=device)
         p.copy_(vals.to(p.dtype))
     return model
