@@ -14,7 +14,7 @@ from xgenmm_fast.ops.triton import register_backends
 from ._util import DEVICE, TOL, check
 
 OPS = ["rms_norm", "rope", "swiglu", "linear_cross_entropy", "linear_token_logprobs", "varlen_attention",
-       "decode_attention", "perceiver_attention", "merge_vision_tokens"]
+       "decode_attention", "perceiver_attention", "perceiver_attention_varlen", "merge_vision_tokens"]
 
 
 def test_backends_registered_and_available():

@@ -6,6 +6,9 @@ Layouts (flash-attention style, spelled out):
 - `varlen_attention`:   q (total, Hq, D), k/v (total, Hkv, D), cu_seqlens (n_seq + 1,) int32.
 - `perceiver_attention`: q (N, H, L, D) latent queries; media keys/values (N, H, M, D) with a
   (N, M) 0/1 mask; latent keys/values (N, H, L, D) never masked.
+- `perceiver_attention_varlen`: the same with only the visible media keys, packed: k_media/v_media
+  (total_media, H, D), chunk n's keys at rows [cu_media[n], cu_media[n + 1]), cu_media (N + 1,) int32
+  (a chunk may have none: its queries see only the latents); `max_media` ≥ every chunk's count (optional).
 
 Masking semantics follow HF: causal means key j visible to query i iff j <= i; a sliding window W
 additionally requires i - j < W; key padding masks out keys whose mask entry is 0.
@@ -136,11 +139,30 @@ def perceiver_attention_reference(q, k_media, v_media, k_latent, v_latent, media
     return torch.matmul(scores.softmax(dim=-1), v)
 
 
+def perceiver_attention_varlen_reference(q, k_media, v_media, cu_media, k_latent, v_latent, scale: float,
+                                         max_media: int | None = None):
+    """Packed media keys scattered back to a zero-padded (N, H, max_media, D) block with a length mask,
+    then `perceiver_attention_reference`. Padding keys are masked, so they get no weight and no gradient."""
+    N, H, _, D = q.shape
+    counts = (cu_media[1:] - cu_media[:-1]).to(device=q.device, dtype=torch.long)  # (N,)
+    if max_media is None:
+        max_media = int(counts.max()) if N else 0
+    visible = torch.arange(max_media, device=q.device)[None, :] < counts[:, None]  # (N, max_media)
+
+    def padded(x):  # (total_media, H, D) -> (N, H, max_media, D)
+        out = x.new_zeros(N, max_media, H, D)
+        out[visible] = x
+        return out.transpose(1, 2)
+
+    return perceiver_attention_reference(q, padded(k_media), padded(v_media), k_latent, v_latent, visible, scale)
+
+
 dispatch.register("attention", "sdpa", attention_sdpa)
 dispatch.register("attention", "reference", attention_reference)
 dispatch.register("varlen_attention", "sdpa", varlen_attention_sdpa)
 dispatch.register("varlen_attention", "reference", varlen_attention_reference)
 dispatch.register("perceiver_attention", "reference", perceiver_attention_reference)
+dispatch.register("perceiver_attention_varlen", "reference", perceiver_attention_varlen_reference)
 dispatch.register("decode_attention", "reference", decode_attention_reference)
 library_attention.register()  # flash-attn / torch varlen_attn, where installed and on CUDA
 
@@ -159,3 +181,8 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, **kw):
 
 def perceiver_attention(q, k_media, v_media, k_latent, v_latent, media_mask, scale):
     return dispatch.call("perceiver_attention", q, k_media, v_media, k_latent, v_latent, media_mask, scale)
+
+
+def perceiver_attention_varlen(q, k_media, v_media, cu_media, k_latent, v_latent, scale, max_media=None):
+    return dispatch.call("perceiver_attention_varlen", q, k_media, v_media, cu_media, k_latent, v_latent, scale,
+                         max_media=max_media)

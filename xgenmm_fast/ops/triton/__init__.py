@@ -8,7 +8,7 @@ for tensors it cannot run on (CPU tensors without the interpreter; bf16 under th
 
 One op per file: rms_norm, rope, swiglu, fused_linear_ce (linear_cross_entropy + linear_token_logprobs),
 varlen_attention (varlen_attention + decode_attention), perceiver_attention,
-vision_merge (merge_vision_tokens).
+perceiver_varlen (perceiver_attention_varlen), vision_merge (merge_vision_tokens).
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def register_backends() -> list[tuple[str, str]]:
     from .. import dispatch
     from .fused_linear_ce import linear_cross_entropy_triton, linear_token_logprobs_triton
     from .perceiver_attention import perceiver_attention_triton
+    from .perceiver_varlen import perceiver_attention_varlen_triton
     from .rms_norm import rms_norm_triton
     from .rope import apply_rope_triton
     from .swiglu import swiglu_triton
@@ -52,6 +53,7 @@ def register_backends() -> list[tuple[str, str]]:
                    ("linear_token_logprobs", linear_token_logprobs_triton),
                    ("varlen_attention", varlen_attention_triton), ("decode_attention", decode_attention_triton),
                    ("perceiver_attention", perceiver_attention_triton),
+                   ("perceiver_attention_varlen", perceiver_attention_varlen_triton),
                    ("merge_vision_tokens", merge_vision_tokens_triton)):
         dispatch.register(op, "triton", fn, available=enabled, prefer=prefer)
         REGISTERED.append((op, "triton"))

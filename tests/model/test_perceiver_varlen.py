@@ -1,0 +1,128 @@
+"""The perceiver on packed visible media tokens equals its masked form (fp32, 1e-5), forward and backward.
+
+`masked_forward` is the resampler as it ran before packing: LayerNorm and to_kv over all M media tokens
+of every chunk, masked keys removed by the mask inside `perceiver_attention`. Same module, same weights.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xgenmm_fast.config import PerceiverConfig
+from xgenmm_fast.model import perceiver as perceiver_mod
+from xgenmm_fast.model.perceiver import PerceiverResampler
+from xgenmm_fast.ops import attention, dispatch
+
+RTOL = 1e-5
+DIM, OUT_DIM, M = 32, 24, 27
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def masked_forward(model: PerceiverResampler, media: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    latents = model.latents.to(media.dtype).expand(media.shape[0], -1, -1)
+    for attn, ff in model.layers:
+        xn, ln = attn.norm_media(media), attn.norm_latents(latents)
+        q = attn._heads(attn.to_q(ln))
+        k_media, v_media = (attn._heads(t) for t in attn.to_kv(xn).chunk(2, dim=-1))
+        k_lat, v_lat = (attn._heads(t) for t in attn.to_kv(ln).chunk(2, dim=-1))
+        out = attention.perceiver_attention(q, k_media, v_media, k_lat, v_lat, mask, attn.scale)
+        latents = attn.to_out(out.transpose(1, 2).reshape(latents.shape[0], latents.shape[1], -1)) + latents
+        latents = ff(latents) + latents
+    return model.projection(model.norm(latents))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return PerceiverResampler(DIM, OUT_DIM, PerceiverConfig(depth=2, heads=3, dim_head=8, num_latents=5, ff_mult=2))
+
+
+def _mask(kind: str, gen: torch.Generator) -> torch.Tensor | None:
+    if kind == "none":
+        return None
+    if kind == "random":  # chunk 0 fully masked, chunk 1 all visible, the rest random
+        m = (torch.rand(6, M, generator=gen) > 0.5).float()
+        m[0], m[1] = 0, 1
+        return m
+    # anyres padding (SPEC §3.4): a run of masked rows at both ends of the strip, some chunks untouched
+    m = torch.ones(6, M)
+    m[2, :9], m[3, -9:], m[4, :18] = 0, 0, 0
+    m[5] = 0
+    return m
+
+
+def _loss_and_grads(model, fn, media, mask, dout):
+    model.zero_grad(set_to_none=True)
+    media = media.detach().requires_grad_()
+    out = fn(model, media, mask)
+    (out * dout).sum().backward()
+    return out.detach(), [media.grad] + [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("kind", ["random", "padding", "none"])
+def test_varlen_equals_masked(model, kind):
+    gen = torch.Generator().manual_seed(3)
+    media, mask = torch.randn(6, M, DIM, generator=gen), _mask(kind, gen)
+    dout = torch.randn(6, model.config.num_latents, OUT_DIM, generator=gen)
+    out, grads = _loss_and_grads(model, lambda m, x, k: m(x, k), media, mask, dout)
+    ref, ref_grads = _loss_and_grads(model, masked_forward, media, mask, dout)
+    assert rel_err(out, ref) < RTOL
+    names = ["media"] + [n for n, _ in model.named_parameters()]
+    for name, g, r in zip(names, grads, ref_grads):
+        assert g is not None and r is not None, name
+        assert rel_err(g, r) < RTOL, name
+    if mask is not None:  # masked tokens get no row, hence exactly zero gradient
+        assert torch.all(grads[0][mask == 0] == 0)
+
+
+def test_only_visible_tokens_are_normed_and_projected_and_packed_once(model, monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    media, mask = torch.randn(6, M, DIM, generator=gen), _mask("random", gen)
+    rows, packs = [], []
+    hooks = [attn.norm_media.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[0]))
+             for attn, _ in model.layers]
+    real_pack = perceiver_mod.pack_visible_media
+    monkeypatch.setattr(perceiver_mod, "pack_visible_media", lambda *a: packs.append(1) or real_pack(*a))
+    try:
+        with torch.no_grad():
+            model(media, mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert rows == [int(mask.sum())] * len(model.layers)
+    assert len(packs) == 1
+
+
+def test_pack_visible_media_layout():
+    media = torch.arange(3 * 4 * 2, dtype=torch.float32).view(3, 4, 2)
+    mask = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    packed = perceiver_mod.pack_visible_media(media, mask)
+    assert packed.cu.tolist() == [0, 2, 2, 6] and packed.cu.dtype == torch.int32 and packed.max_len == 4
+    assert torch.equal(packed.tokens, torch.cat([media[0, [0, 2]], media[2]]))
+    with pytest.raises(ValueError, match="media_mask must be"):
+        perceiver_mod.pack_visible_media(media, mask[:, :3])
+
+
+def test_triton_backend_in_the_model_matches_reference(model):
+    """perceiver_attention_varlen forced to Triton (interpreter on CPU) inside the resampler, fwd + bwd."""
+    if "triton" not in dispatch.available_backends("perceiver_attention_varlen"):
+        pytest.skip("Triton backends not registered here")
+    gen = torch.Generator().manual_seed(5)
+    media, mask = torch.randn(6, M, DIM, generator=gen), _mask("random", gen)
+    dout = torch.randn(6, model.config.num_latents, OUT_DIM, generator=gen)
+
+    def fn(m, x, k):
+        return m(x, k)
+
+    ref, ref_grads = _loss_and_grads(model, fn, media, mask, dout)
+    dispatch.set_backend("perceiver_attention_varlen", "triton")
+    try:
+        out, grads = _loss_and_grads(model, fn, media, mask, dout)
+    finally:
+        dispatch.set_backend("perceiver_attention_varlen", None)
+    assert rel_err(out, ref) < RTOL
+    for g, r in zip(grads, ref_grads):
+        assert rel_err(g, r) < RTOL
