@@ -10,6 +10,10 @@ passes the bar but not equality means the GPU build rounds somewhere the CPU one
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +30,8 @@ from ..data._images import (
     fresh_seed,
     random_array,
 )
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = [
     pytest.mark.gpu,
@@ -154,10 +160,30 @@ def test_cuda_empty_batch_and_errors():
         preprocess_images([im], backend="cuda", out=torch.empty(2, 3, TILE, TILE, device="cuda"))
     with pytest.raises(ValueError, match="CUDA device"):
         preprocess_images([im], backend="cuda", device="cpu")
-    C = _ext.cpp_ext()
-    data = torch.zeros(im.nbytes, dtype=torch.uint8)
-    descs = torch.tensor([[0, 20, 30, 3, 1]])
-    with pytest.raises(ValueError, match="CUDA tensor"):
-        C.anyres_preprocess_cuda(data, descs, [(384, 768)], TILE, [0.5] * 3, [0.5] * 3)
-    with pytest.raises(ValueError, match="does not lie inside"):
-        C.anyres_preprocess_cuda(data[:100].cuda(), descs, [(384, 768)], TILE, [0.5] * 3, [0.5] * 3)
+
+
+# The extension's own checks, each in a fresh process: a crash while raising (seen once on the first GPU run,
+# a segfault inside the call with a wrong-shaped `out`) then fails this test with its exit code instead of
+# killing the test worker.
+_CPP_ERROR_CASES = {
+    "cpu data": ("data = torch.zeros(1800, dtype=torch.uint8)", "CUDA tensor"),
+    "data too short": ("data = torch.zeros(100, dtype=torch.uint8, device='cuda')", "does not lie inside"),
+    "out shape": ("data = torch.zeros(1800, dtype=torch.uint8, device='cuda'); "
+                  "kw = dict(out=torch.empty(2, 3, 384, 384, device='cuda'))", "expected \\(3, 3, 384, 384\\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CPP_ERROR_CASES))
+def test_cuda_extension_raises_cleanly(case):
+    setup, message = _CPP_ERROR_CASES[case]
+    code = (
+        "import re, torch\nfrom xgenmm_fast import _ext\nC = _ext.cpp_ext()\nkw = {}\n" + setup + "\n"
+        "descs = torch.tensor([[0, 20, 30, 3, 1]])\n"
+        "try:\n    C.anyres_preprocess_cuda(data, descs, [(384, 768)], 384, [0.5] * 3, [0.5] * 3, **kw)\n"
+        "except ValueError as e:\n"
+        f"    raise SystemExit(0 if re.search({message!r}, str(e)) else 'wrong message: ' + str(e))\n"
+        "raise SystemExit('no error raised')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    assert p.returncode == 0, f"{case}: exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"

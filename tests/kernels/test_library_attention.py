@@ -75,6 +75,24 @@ def test_varlen_translation(stand_ins, fn, lens, Hq, Hkv, D, window, causal, see
     check(fn.__name__, [out], [ref], 1e-12)
 
 
+def _stand_in_varlen_2_11(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None, scale=None):
+    """torch 2.11's varlen_attn: no window_size, no enable_gqa (equal head counts only)."""
+    assert q.shape[1] == k.shape[1], "2.11 has no grouped-query support"
+    return _stand_in_varlen(q, k, v, cu_q, cu_k, max_q, max_k, window_size=(-1, -1), causal=is_causal, scale=scale)
+
+
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
+def test_torch_varlen_translation_without_window_or_gqa_arguments(stand_ins, monkeypatch, lens, Hq, Hkv, D, window,
+                                                                   causal, seed):
+    """An older varlen_attn: windows fall back to SDPA, grouped-query heads are repeated."""
+    monkeypatch.setattr(la, "_torch_varlen_fn", lambda: _stand_in_varlen_2_11)
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+    q, k, v = (torch.randn(int(cu[-1]), h, D, dtype=torch.float64) for h in (Hq, Hkv, Hkv))
+    out = la.varlen_attention_torch_varlen(q, k, v, cu, causal=causal, sliding_window=window, scale=0.4)
+    ref = varlen_attention_reference(q, k, v, cu, causal=causal, sliding_window=window, scale=0.4)
+    check("torch_varlen_2_11", [out], [ref], 1e-6)  # (the SDPA fallback rounds a little in fp64)
+
+
 @pytest.mark.parametrize("window", [None, 2, 5])
 def test_decode_translation(stand_ins, window, seed):
     B, Hq, Hkv, Tq, Tmax, D = 3, 4, 2, 2, 9, 8

@@ -250,6 +250,14 @@ def _run_packed(arrays, grids, tile, mean, std, out, order, *, emulate: bool, de
             f'rebuild with `{_ext.BUILD_COMMAND}` on a CUDA machine, or use backend="cpp"'
         )
     dev = _cuda_device(out, device)
+    if out is not None:  # checked here too, so that a wrong `out` is a Python error before any GPU work
+        tiles = sum(1 + w * h for w, h in (get_anyres_grid_shape((a.shape[1], a.shape[0]), grids, tile)
+                                         for a in arrays))
+        if tuple(out.shape) != (tiles, 3, tile, tile) or not out.is_contiguous():
+            raise ValueError(f"out has shape {tuple(out.shape)}{'' if out.is_contiguous() else ' (not contiguous)'}; "
+                             f"expected ({tiles}, 3, {tile}, {tile}), contiguous")
+        if out.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"out dtype {out.dtype} not supported; expected float32, bfloat16 or float16")
     data, descs = pack_source_buffer(arrays, pin_memory=True)
     dtype = None if out is not None else "bfloat16"
     with torch.cuda.device(dev):

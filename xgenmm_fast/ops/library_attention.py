@@ -43,6 +43,16 @@ def _torch_varlen_fn():
     return varlen_attn
 
 
+@functools.lru_cache(maxsize=None)
+def _accepts(fn, arg: str) -> bool:
+    """Does `fn` take the keyword `arg`? (torch 2.11's varlen_attn has neither window_size nor enable_gqa.)"""
+    import inspect
+    try:
+        return arg in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def flash_attn_available() -> bool:
     return _flash_attn_module() is not None and _cuda()
 
@@ -106,8 +116,25 @@ def varlen_attention_torch_varlen(q, k, v, cu_seqlens: torch.Tensor, *, causal: 
                                           scale=scale)
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     m = _max_seqlen(cu) if max_seqlen is None else int(max_seqlen)
-    return _torch_varlen_fn()(q, k, v, cu, cu, m, m, scale=scale, window_size=flash_window(sliding_window, causal),
-                              enable_gqa=q.shape[1] != k.shape[1])
+    fn = _torch_varlen_fn()
+    kwargs = {}
+    if _accepts(fn, "window_size"):
+        kwargs["window_size"] = flash_window(sliding_window, causal)
+    else:  # an older varlen_attn (torch 2.11): no window; causal through is_causal, if at all
+        window_matters = sliding_window is not None and sliding_window < m
+        if window_matters or (causal and not _accepts(fn, "is_causal")):
+            from .attention import varlen_attention_sdpa
+            return varlen_attention_sdpa(q, k, v, cu_seqlens, causal=causal, sliding_window=sliding_window,
+                                         scale=scale)
+        if _accepts(fn, "is_causal"):
+            kwargs["is_causal"] = causal
+    if q.shape[1] != k.shape[1]:
+        if _accepts(fn, "enable_gqa"):
+            kwargs["enable_gqa"] = True
+        else:  # repeat the shared K/V heads for each query group
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return fn(q, k, v, cu, cu, m, m, scale=scale, **kwargs)
 
 
 def register() -> None:

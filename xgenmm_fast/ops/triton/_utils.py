@@ -28,7 +28,7 @@ def usable(*tensors: torch.Tensor) -> bool:
     if interpreting():
         # the interpreter computes bf16 wrongly (SPEC §6): leave bf16 to the reference there
         return not any(t.dtype == torch.bfloat16 for t in ts)
-    return bool(ts) and all(t.is_cuda for t in ts)
+    return len(ts) > 0 and all(t.is_cuda for t in ts)  # (len, not bool(list): torch.compile traces this)
 
 
 def next_pow2(n: int) -> int:
