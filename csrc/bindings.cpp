@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -35,17 +36,26 @@
 
 namespace ax = xgenmm::anyres;
 
+// Argument errors throw std::invalid_argument, which pybind11 raises as ValueError. Not TORCH_CHECK_VALUE:
+// in the CUDA build on the H200 machine (torch 2.11+cu130, 2026-11-26) a c10::ValueError thrown from
+// anyres_preprocess_cuda crashed the process (segfault) while a std::invalid_argument thrown from the same
+// call was raised cleanly (tests/kernels/test_anyres_cuda.py::test_cuda_extension_raises_cleanly).
+#define XGENMM_CHECK_ARG(cond, ...)                                  \
+  do {                                                               \
+    if (!(cond)) throw std::invalid_argument(c10::str(__VA_ARGS__)); \
+  } while (0)
+
 namespace {
 
 using IntPair = std::pair<int64_t, int64_t>;
 
 int checked_int(int64_t v, const char* what) {
-  TORCH_CHECK_VALUE(v > 0 && v <= std::numeric_limits<int>::max(), what, " must be a positive int32, got ", v);
+  XGENMM_CHECK_ARG(v > 0 && v <= std::numeric_limits<int>::max(), what, " must be a positive int32, got ", v);
   return static_cast<int>(v);
 }
 
 std::vector<ax::Size2> to_grids(const std::vector<IntPair>& grids) {
-  TORCH_CHECK_VALUE(!grids.empty(), "grids must be a non-empty list of (width, height) pairs");
+  XGENMM_CHECK_ARG(!grids.empty(), "grids must be a non-empty list of (width, height) pairs");
   std::vector<ax::Size2> out;
   out.reserve(grids.size());
   for (const IntPair& g : grids) out.push_back({checked_int(g.first, "grid width"), checked_int(g.second, "grid height")});
@@ -55,7 +65,7 @@ std::vector<ax::Size2> to_grids(const std::vector<IntPair>& grids) {
 ax::PassOrder to_pass_order(const std::string& order) {
   if (order == "pillow") return ax::PassOrder::kPillow;
   if (order == "horizontal_first") return ax::PassOrder::kHorizontalFirst;
-  TORCH_CHECK_VALUE(false, "pass_order must be 'pillow' or 'horizontal_first', got '", order, "'");
+  XGENMM_CHECK_ARG(false, "pass_order must be 'pillow' or 'horizontal_first', got '", order, "'");
   return ax::PassOrder::kPillow;
 }
 
@@ -80,12 +90,12 @@ at::Tensor new_output(at::IntArrayRef sizes, at::ScalarType dtype) {
 
 // The tensor must stay alive (and contiguous) while the view is used.
 ax::ImageView to_view(const at::Tensor& t, size_t index) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "anyres_preprocess: image ", index, " is on ", t.device(),
+  XGENMM_CHECK_ARG(t.device().is_cpu(), "anyres_preprocess: image ", index, " is on ", t.device(),
                     "; expected a CPU tensor");
-  TORCH_CHECK_VALUE(t.is_contiguous(), "anyres_preprocess: image ", index, " must be contiguous");
+  XGENMM_CHECK_ARG(t.is_contiguous(), "anyres_preprocess: image ", index, " must be contiguous");
   ax::ImageView v{};
   const int64_t channels = t.dim() == 3 ? t.size(2) : (t.dim() == 2 ? 1 : -1);
-  TORCH_CHECK_VALUE(channels >= 1, "anyres_preprocess: image ", index, " has shape ", t.sizes(),
+  XGENMM_CHECK_ARG(channels >= 1, "anyres_preprocess: image ", index, " has shape ", t.sizes(),
                     "; expected (H, W) or (H, W, C)");
   if (t.scalar_type() == at::kByte) {
     switch (channels) {
@@ -94,15 +104,15 @@ ax::ImageView to_view(const at::Tensor& t, size_t index) {
       case 3: v.format = ax::PixelFormat::kRGB8; break;
       case 4: v.format = ax::PixelFormat::kRGBA8; break;
       default:
-        TORCH_CHECK_VALUE(false, "anyres_preprocess: image ", index, " has ", channels,
+        XGENMM_CHECK_ARG(false, "anyres_preprocess: image ", index, " has ", channels,
                           " channels; expected 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)");
     }
   } else if (t.scalar_type() == at::kUInt16) {
-    TORCH_CHECK_VALUE(channels == 1, "anyres_preprocess: uint16 image ", index, " has ", channels,
+    XGENMM_CHECK_ARG(channels == 1, "anyres_preprocess: uint16 image ", index, " has ", channels,
                       " channels; expected a single-channel I;16 image");
     v.format = ax::PixelFormat::kI16;
   } else {
-    TORCH_CHECK_VALUE(false, "anyres_preprocess: image ", index, " has dtype ", t.scalar_type(),
+    XGENMM_CHECK_ARG(false, "anyres_preprocess: image ", index, " has dtype ", t.scalar_type(),
                       "; expected uint8 or uint16");
   }
   v.height = checked_int(t.size(0), "image height");
@@ -114,9 +124,9 @@ ax::ImageView to_view(const at::Tensor& t, size_t index) {
 // The normalisation LUT, CPU (3, 256) of dtype: float32 (v / 255 - mean[c]) / std[c] exactly as
 // ToTensor + Normalize compute it; bfloat16 / float16 are those values rounded once, as .to(dtype).
 at::Tensor normalize_lut(const std::vector<double>& mean, const std::vector<double>& stdv, at::ScalarType dtype) {
-  TORCH_CHECK_VALUE(mean.size() == 3 && stdv.size() == 3, "mean and std must have 3 values (R, G, B), got ",
+  XGENMM_CHECK_ARG(mean.size() == 3 && stdv.size() == 3, "mean and std must have 3 values (R, G, B), got ",
                     mean.size(), " and ", stdv.size());
-  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, "anyres: output dtype ",
+  XGENMM_CHECK_ARG(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, "anyres: output dtype ",
                     dtype, " not supported; expected float32, bfloat16 or float16");
   float mean_f[3], std_f[3];
   for (int c = 0; c < 3; ++c) {
@@ -135,7 +145,7 @@ std::tuple<at::Tensor, std::vector<int64_t>, std::vector<IntPair>> anyres_prepro
     const std::vector<double>& mean, const std::vector<double>& stdv, int64_t num_threads,
     std::optional<at::Tensor> out, const std::string& pass_order) {
   const ax::PassOrder order = to_pass_order(pass_order);
-  TORCH_CHECK_VALUE(mean.size() == 3 && stdv.size() == 3, "mean and std must have 3 values (R, G, B), got ",
+  XGENMM_CHECK_ARG(mean.size() == 3 && stdv.size() == 3, "mean and std must have 3 values (R, G, B), got ",
                     mean.size(), " and ", stdv.size());
   const int s = checked_int(tile, "tile");
   const std::vector<ax::Size2> g = to_grids(grids);
@@ -153,9 +163,9 @@ std::tuple<at::Tensor, std::vector<int64_t>, std::vector<IntPair>> anyres_prepro
   at::Tensor result;
   if (out.has_value()) {
     result = *out;
-    TORCH_CHECK_VALUE(result.device().is_cpu() && result.is_contiguous(),
+    XGENMM_CHECK_ARG(result.device().is_cpu() && result.is_contiguous(),
                       "anyres_preprocess: out must be a contiguous CPU tensor");
-    TORCH_CHECK_VALUE(result.dim() == 4 && result.size(0) == plan.total_tiles && result.size(1) == 3 &&
+    XGENMM_CHECK_ARG(result.dim() == 4 && result.size(0) == plan.total_tiles && result.size(1) == 3 &&
                           result.size(2) == s && result.size(3) == s,
                       "anyres_preprocess: out has shape ", result.sizes(), "; expected (", plan.total_tiles,
                       ", 3, ", s, ", ", s, ")");
@@ -163,7 +173,7 @@ std::tuple<at::Tensor, std::vector<int64_t>, std::vector<IntPair>> anyres_prepro
     result = new_output({plan.total_tiles, 3, s, s}, at::kFloat);
   }
   const at::ScalarType dtype = result.scalar_type();
-  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+  XGENMM_CHECK_ARG(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
                     "anyres_preprocess: out dtype ", dtype, " not supported; expected float32, bfloat16 or float16");
 
   const at::Tensor lut = normalize_lut(mean, stdv, dtype);
@@ -251,7 +261,7 @@ at::Tensor resize_bicubic(const at::Tensor& image, const IntPair& size, const st
 
 // descs: int64 (n, 5) rows [byte_offset, height, width, channels, bytes_per_channel].
 std::vector<ax::PackSource> to_pack_sources(const at::Tensor& descs) {
-  TORCH_CHECK_VALUE(descs.device().is_cpu() && descs.scalar_type() == at::kLong && descs.dim() == 2 &&
+  XGENMM_CHECK_ARG(descs.device().is_cpu() && descs.scalar_type() == at::kLong && descs.dim() == 2 &&
                         descs.size(1) == 5,
                     "anyres pack: descs must be a CPU int64 tensor (n_images, 5) of [byte_offset, height, width, "
                     "channels, bytes_per_channel], got ",
@@ -270,11 +280,11 @@ std::vector<ax::PackSource> to_pack_sources(const at::Tensor& descs) {
     } else if (itemsize == 2 && channels == 1) {
       format = ax::PixelFormat::kI16;
     } else {
-      TORCH_CHECK_VALUE(false, "anyres pack: image ", i, " has ", channels, " channels of ", itemsize,
+      XGENMM_CHECK_ARG(false, "anyres pack: image ", i, " has ", channels, " channels of ", itemsize,
                         " bytes; expected uint8 with 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) channels, or uint16 with 1 "
                         "(I;16)");
     }
-    TORCH_CHECK_VALUE(h > 0 && w > 0 && h <= std::numeric_limits<int>::max() && w <= std::numeric_limits<int>::max(),
+    XGENMM_CHECK_ARG(h > 0 && w > 0 && h <= std::numeric_limits<int>::max() && w <= std::numeric_limits<int>::max(),
                       "anyres pack: image ", i, " has size (h, w) = (", h, ", ", w, "); expected a non-empty image");
     out.push_back({offset, static_cast<int>(w), static_cast<int>(h), format});
   }
@@ -285,7 +295,7 @@ at::ScalarType to_out_dtype(const std::string& name) {
   if (name == "float32") return at::kFloat;
   if (name == "bfloat16") return at::kBFloat16;
   if (name == "float16") return at::kHalf;
-  TORCH_CHECK_VALUE(false, "anyres pack: dtype must be 'float32', 'bfloat16' or 'float16', got '", name, "'");
+  XGENMM_CHECK_ARG(false, "anyres pack: dtype must be 'float32', 'bfloat16' or 'float16', got '", name, "'");
   return at::kFloat;
 }
 
@@ -302,14 +312,14 @@ at::Tensor packed_output(const std::optional<at::Tensor>& out, const std::option
                          int64_t total_tiles, int s, at::Device device, const char* fn) {
   if (out.has_value()) {
     const at::Tensor& r = *out;
-    TORCH_CHECK_VALUE(r.device() == device && r.is_contiguous(), fn, ": out must be a contiguous tensor on ", device,
+    XGENMM_CHECK_ARG(r.device() == device && r.is_contiguous(), fn, ": out must be a contiguous tensor on ", device,
                       ", got one on ", r.device(), r.is_contiguous() ? "" : " (not contiguous)");
-    TORCH_CHECK_VALUE(r.dim() == 4 && r.size(0) == total_tiles && r.size(1) == 3 && r.size(2) == s && r.size(3) == s,
+    XGENMM_CHECK_ARG(r.dim() == 4 && r.size(0) == total_tiles && r.size(1) == 3 && r.size(2) == s && r.size(3) == s,
                       fn, ": out has shape ", r.sizes(), "; expected (", total_tiles, ", 3, ", s, ", ", s, ")");
-    TORCH_CHECK_VALUE(r.scalar_type() == at::kFloat || r.scalar_type() == at::kBFloat16 ||
+    XGENMM_CHECK_ARG(r.scalar_type() == at::kFloat || r.scalar_type() == at::kBFloat16 ||
                           r.scalar_type() == at::kHalf,
                       fn, ": out dtype ", r.scalar_type(), " not supported; expected float32, bfloat16 or float16");
-    TORCH_CHECK_VALUE(!dtype.has_value() || to_out_dtype(*dtype) == r.scalar_type(), fn, ": dtype '", *dtype,
+    XGENMM_CHECK_ARG(!dtype.has_value() || to_out_dtype(*dtype) == r.scalar_type(), fn, ": dtype '", *dtype,
                       "' disagrees with out's dtype ", r.scalar_type());
     return r;
   }
@@ -324,7 +334,7 @@ PackResult anyres_pack_emulated(const at::Tensor& data, const at::Tensor& descs,
                                 std::optional<at::Tensor> out, std::optional<std::string> dtype,
                                 const std::string& pass_order) {
   const ax::PassOrder order = to_pass_order(pass_order);
-  TORCH_CHECK_VALUE(data.device().is_cpu() && data.scalar_type() == at::kByte && data.dim() == 1 &&
+  XGENMM_CHECK_ARG(data.device().is_cpu() && data.scalar_type() == at::kByte && data.dim() == 1 &&
                         data.is_contiguous(),
                     "anyres_pack_emulated: data must be a contiguous 1-D uint8 CPU tensor, got ", data.scalar_type(),
                     " ", data.sizes(), " on ", data.device());
@@ -352,7 +362,7 @@ PackResult anyres_preprocess_cuda(const at::Tensor& data, const at::Tensor& desc
                                   std::optional<at::Tensor> out, std::optional<std::string> dtype,
                                   const std::string& pass_order) {
   const ax::PassOrder order = to_pass_order(pass_order);
-  TORCH_CHECK_VALUE(data.is_cuda() && data.scalar_type() == at::kByte && data.dim() == 1 && data.is_contiguous(),
+  XGENMM_CHECK_ARG(data.is_cuda() && data.scalar_type() == at::kByte && data.dim() == 1 && data.is_contiguous(),
                     "anyres_preprocess_cuda: data must be a contiguous 1-D uint8 CUDA tensor, got ",
                     data.scalar_type(), " ", data.sizes(), " on ", data.device());
   const int s = checked_int(tile, "tile");
@@ -395,7 +405,8 @@ PackResult anyres_preprocess_cuda(const at::Tensor& data, const at::Tensor& desc
     err = ax::gpu::launch_anyres_pack(args, reinterpret_cast<const uint16_t*>(d + lut_at),
                                       static_cast<uint16_t*>(result.data_ptr()), stream);
   }
-  TORCH_CHECK(err == cudaSuccess, "anyres_preprocess_cuda: kernel launch failed: ", cudaGetErrorString(err));
+  if (err != cudaSuccess)  // (std::runtime_error, not TORCH_CHECK: see XGENMM_CHECK_ARG)
+    throw std::runtime_error(c10::str("anyres_preprocess_cuda: kernel launch failed: ", cudaGetErrorString(err)));
   return {result, plan.tiles_per_image, shapes_of(plan)};
 }
 #endif  // XGENMM_WITH_CUDA

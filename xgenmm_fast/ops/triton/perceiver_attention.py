@@ -56,6 +56,8 @@ def _perceiver_fwd_kernel(Q, KM, VM, KL, VL, MASK, O, LSE,
                           H, L, M, D, qk_scale,
                           HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)
@@ -105,6 +107,9 @@ def _perceiver_bwd_dq_kernel(Q, KM, VM, KL, VL, MASK, DO, LSE, DELTA, DQ,
                              sdq_b, sdq_h, sdq_t, smask_b, H, L, M, D, qk_scale, sm_scale,
                              HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)
@@ -171,6 +176,9 @@ def _perceiver_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, KL, VL, DKM, DVM, DKL,
                                H, L, M, D, n_media_blocks, qk_scale, sm_scale,
                                HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)

@@ -34,6 +34,8 @@ def _perceiver_varlen_fwd_kernel(Q, KM, VM, CU, KL, VL, O, LSE,
                                  skl_b, skl_h, skl_t, svl_b, svl_h, svl_t, so_b, so_h, so_t,
                                  H, L, D, qk_scale, PRECISION: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)
@@ -63,6 +65,9 @@ def _perceiver_varlen_bwd_dq_kernel(Q, KM, VM, CU, KL, VL, DO, LSE, DELTA, DQ,
                                     skl_b, skl_h, skl_t, svl_b, svl_h, svl_t, sdo_b, sdo_h, sdo_t,
                                     sdq_b, sdq_h, sdq_t, H, L, D, qk_scale, sm_scale, PRECISION: tl.constexpr,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)
@@ -92,6 +97,9 @@ def _perceiver_varlen_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, CU, KL, VL, DKM
                                       sdkm_t, sdkm_h, sdvm_t, sdvm_h, sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t,
                                       H, L, D, n_media_blocks, qk_scale, sm_scale, PRECISION: tl.constexpr,
                                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)

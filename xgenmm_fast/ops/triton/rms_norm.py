@@ -19,6 +19,8 @@ from ._utils import interpreting, next_pow2, row_view, usable
 
 @triton.jit
 def _rms_norm_fwd_kernel(X, W, Y, RSTD, stride_x, stride_y, N, eps, BLOCK_N: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    eps = tl.cast(eps, tl.float32)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     m = cols < N

@@ -39,6 +39,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
                      CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, VARLEN: tl.constexpr,
                      STORE_LSE: tl.constexpr, PRECISION: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
@@ -111,6 +113,9 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
                           qk_scale, sm_scale, window, GROUP, D,
                           CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_n = tl.program_id(0)
     b = tl.program_id(1)
     hk = tl.program_id(2)
@@ -167,6 +172,9 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
                         qk_scale, sm_scale, window, GROUP, D,
                         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
