@@ -41,3 +41,8 @@ def row_view(x: torch.Tensor) -> torch.Tensor:
     if x2.shape[-1] > 1 and x2.stride(-1) != 1:
         x2 = x2.contiguous()
     return x2
+
+
+def lastdim_contig(x: torch.Tensor) -> torch.Tensor:
+    """x with unit stride on the last dim (the kernels' loads assume it); other strides are passed along."""
+    return x if x.stride(-1) == 1 else x.contiguous()

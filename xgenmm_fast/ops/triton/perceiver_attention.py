@@ -20,7 +20,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_reference
-from ._utils import interpreting, next_pow2, usable
+from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
 
@@ -283,9 +283,6 @@ def _backward(ctx, do, _dlse):
 perceiver_attn_fwd.register_autograd(_backward, setup_context=_setup)
 
 
-def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
 
 def perceiver_attention_triton(q, k_media, v_media, k_latent, v_latent, media_mask, scale: float):
     """Same signature and result as `attention.perceiver_attention_reference`."""
@@ -297,7 +294,7 @@ def perceiver_attention_triton(q, k_media, v_media, k_latent, v_latent, media_ma
         raise ValueError(f"perceiver_attention: expected q/k_latent/v_latent (N, H, L, D) and k_media/v_media "
                          f"(N, H, M, D); got q {tuple(q.shape)}, k_media {tuple(k_media.shape)}, "
                          f"v_media {tuple(v_media.shape)}, k_latent {tuple(k_latent.shape)}")
-    q, k_media, v_media, k_latent, v_latent = (_lastdim_contig(t) for t in (q, k_media, v_media, k_latent, v_latent))
+    q, k_media, v_media, k_latent, v_latent = (lastdim_contig(t) for t in (q, k_media, v_media, k_latent, v_latent))
     has_mask = media_mask is not None
     mask = _mask_arg(media_mask, q) if has_mask else torch.ones((N, 1), dtype=torch.int32, device=q.device)
     if has_mask and mask.shape != (N, k_media.shape[2]):

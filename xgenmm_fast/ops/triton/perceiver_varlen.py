@@ -24,7 +24,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_varlen_reference
-from ._utils import usable
+from ._utils import lastdim_contig, usable
 from .perceiver_attention import LOG2E, _cfg, _dkdv_block, _dq_source, _fwd_source, _precision, _s
 
 
@@ -190,9 +190,6 @@ def _backward(ctx, do, _dlse):
 perceiver_varlen_fwd.register_autograd(_backward, setup_context=_setup)
 
 
-def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
 
 def perceiver_attention_varlen_triton(q, k_media, v_media, cu_media, k_latent, v_latent, scale: float,
                                       max_media: int | None = None):
@@ -212,5 +209,5 @@ def perceiver_attention_varlen_triton(q, k_media, v_media, cu_media, k_latent, v
     cu = cu_media.to(device=q.device, dtype=torch.int32).contiguous()
     if max_media is None:  # one host read; the model passes its padded length instead
         max_media = int((cu[1:] - cu[:-1]).max()) if N else 0
-    q, k_media, v_media, k_latent, v_latent = (_lastdim_contig(t) for t in (q, k_media, v_media, k_latent, v_latent))
+    q, k_media, v_media, k_latent, v_latent = (lastdim_contig(t) for t in (q, k_media, v_media, k_latent, v_latent))
     return perceiver_varlen_fwd(q, k_media, v_media, cu, k_latent, v_latent, int(max_media), float(scale))[0]

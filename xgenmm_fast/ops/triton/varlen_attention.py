@@ -26,7 +26,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
-from ._utils import interpreting, next_pow2, usable
+from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
 
@@ -234,9 +234,6 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
 
 def _check_varlen(q, k, v, cu):
     if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape or q.shape[-1] != k.shape[-1] or q.shape[0] != k.shape[0]:
@@ -282,7 +279,7 @@ def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     n_seq = cu_seqlens.shape[0] - 1
     if total == 0 or n_seq <= 0 or max_seqlen <= 0:
         return dq, dk, dv
-    do = _lastdim_contig(do)
+    do = lastdim_contig(do)
     delta = (do.float() * o.float()).sum(-1).t().contiguous()  # (Hq, total)
     c = _cfg(D, backward=True)
     common = dict(CAUSAL=causal, HAS_WINDOW=window > 0, PRECISION=_precision(q.dtype), **c)
@@ -323,7 +320,7 @@ def varlen_attention_triton(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool =
         return varlen_attention_reference(q, k, v, cu_seqlens, causal=causal, sliding_window=sliding_window,
                                           scale=scale)
     _check_varlen(q, k, v, cu_seqlens)
-    q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
+    q, k, v = lastdim_contig(q), lastdim_contig(k), lastdim_contig(v)
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     if max_seqlen is None:
         max_seqlen = int((cu[1:] - cu[:-1]).max().item()) if cu.numel() > 1 else 0
@@ -365,7 +362,7 @@ def decode_attention_triton(q, k_cache, v_cache, cache_seqlens: torch.Tensor, *,
                                           scale=scale)
     if q.shape[1] % k_cache.shape[1] or q.shape[-1] != k_cache.shape[-1]:
         raise ValueError(f"decode_attention: q {tuple(q.shape)} does not fit cache {tuple(k_cache.shape)}")
-    q, k_cache, v_cache = _lastdim_contig(q), _lastdim_contig(k_cache), _lastdim_contig(v_cache)
+    q, k_cache, v_cache = lastdim_contig(q), lastdim_contig(k_cache), lastdim_contig(v_cache)
     seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     window = 0 if sliding_window is None else int(sliding_window)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
