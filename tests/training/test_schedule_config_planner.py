@@ -74,3 +74,20 @@ def test_deepspeed_overrides_merge_and_owned_keys(tmp_path):
     p.write_text("data: {data_path: x.json}\ntrain: {deepspeed: {zero_optimization: {stage: 1}}}\n")
     with pytest.raises(ValueError, match="zero_optimization.stage"):
         deepspeed_config(load_config(str(p)), "fp32")
+
+
+def test_model_ops_config_forces_and_reports_backends():
+    from xgenmm_fast.ops import dispatch
+    from xgenmm_fast.training.engine import apply_ops_config
+    try:
+        chosen = apply_ops_config({"*": "reference", "attention": "sdpa"})
+        assert chosen["attention"] == "sdpa" and chosen["varlen_attention"] == "reference"
+        assert chosen["rms_norm"] == "reference" and set(chosen) == set(dispatch._REGISTRY)
+        with pytest.raises(ValueError, match="model.ops.varlen_attention: .*no backend 'nope'"):
+            apply_ops_config({"varlen_attention": "nope"})
+        with pytest.raises(ValueError, match="model.ops.no_such_op: unknown op"):
+            apply_ops_config({"no_such_op": "reference"})
+        with pytest.raises(ValueError, match="no op has a backend 'cuda_magic'"):
+            apply_ops_config({"*": "cuda_magic"})
+    finally:
+        dispatch._FORCED.clear()  # the dispatch is process-wide: leave it as the other tests expect

@@ -135,9 +135,13 @@ def test_zero3_trains_like_zero2():
 def test_single_rank_zero_stages_0_and_1_train_and_export(tmp_path, stage):
     data = make_data(str(tmp_path), n_train=30)
     out = str(tmp_path / "run")
-    run_train(write_config(str(tmp_path / "c.yaml"), data, out, max_steps=3, zero_stage=stage, grad_accum=2))
+    # model.ops forces kernel backends for the run; what every op ran on is written to ops.json
+    run_train(write_config(str(tmp_path / "c.yaml"), data, out, max_steps=3, zero_stage=stage, grad_accum=2),
+              overrides=["model.ops.varlen_attention=reference"])
     r = result(out)
     assert r["steps"] == 3 and all(v == v for v in losses(out).values())  # finite, logged every step
+    chosen = json.load(open(os.path.join(out, "ops.json")))
+    assert chosen["varlen_attention"] == "reference" and chosen["attention"] == "sdpa", chosen
     from xgenmm_fast.training.export import export_checkpoint
     exported = export_checkpoint(os.path.join(out, "checkpoints"), str(tmp_path / "exported"))
     from safetensors.torch import load_file

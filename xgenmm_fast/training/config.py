@@ -23,6 +23,9 @@ class ModelSection:
     freeze_vision: bool = True  # the original recipe trains everything but the vision encoder
     gradient_checkpointing: bool = False
     seed: int = 0  # weights of a random init
+    # kernel backends, op -> backend (e.g. {varlen_attention: torch_varlen}; "*" for every op that has it);
+    # default: the dispatch's own choice (Triton on a GPU). XGENMM_OPS does the same from the environment.
+    ops: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -198,6 +198,30 @@ class Run:
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
 
+def apply_ops_config(ops_cfg) -> dict[str, str]:
+    """Force the backends `model.ops` names (op -> backend; "*" -> backend for every op that has it) and
+    return what every op now runs on. Unknown ops or backends, or unavailable ones, fail here, naming them."""
+    from .. import ops as ops_mod
+    from ..ops import dispatch
+    wanted = dict(ops_cfg or {})
+    everywhere = wanted.pop("*", None)
+    if everywhere is not None:
+        matched = [op for op in dispatch._REGISTRY if everywhere in dispatch._REGISTRY[op]]
+        if not matched:
+            raise ValueError(f"model.ops: no op has a backend {everywhere!r}")
+        for op in matched:
+            dispatch.set_backend(op, everywhere)
+    for op, backend in wanted.items():
+        try:
+            dispatch.set_backend(str(op), str(backend))
+        except KeyError as e:
+            raise ValueError(f"model.ops.{op}: {e.args[0]}") from None
+    try:
+        return ops_mod.report()
+    except RuntimeError as e:  # a forced backend that cannot run here
+        raise ValueError(f"model.ops: {e}") from None
+
+
 def start_run(cfg) -> Run:
     """Process group, precision, output dir (config.yaml, model_config.json), logging, tokenizer, model
     (vision encoder frozen or not, activation checkpointing)."""
@@ -210,6 +234,10 @@ def start_run(cfg) -> Run:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
 
+    chosen = apply_ops_config(cfg.model.get("ops") if hasattr(cfg.model, "get") else cfg.model.ops)
+    if rank == 0:
+        logging.info("ops: %s", ", ".join(f"{op}={b}" for op, b in chosen.items()))
+        write_json_atomic(os.path.join(out_dir, "ops.json"), chosen)
     tokenizer, info, tokenizer_path = setup_tokenizer(cfg, out_dir, rank)
     model = build_model(cfg, info)
     model.vision_encoder.requires_grad_(not cfg.model.freeze_vision)
