@@ -91,3 +91,14 @@ def test_model_ops_config_forces_and_reports_backends():
             apply_ops_config({"*": "cuda_magic"})
     finally:
         dispatch._FORCED.clear()  # the dispatch is process-wide: leave it as the other tests expect
+
+
+def test_adamw_fused_setting():
+    import torch
+
+    from xgenmm_fast.training.engine import adamw_fused
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert adamw_fused("auto", gpu) and not adamw_fused("auto", cpu)
+    assert adamw_fused("True", cpu) and adamw_fused("true", cpu) and not adamw_fused("False", gpu)
+    with pytest.raises(ValueError, match="optim.fused must be auto, true or false, got 'maybe'"):
+        adamw_fused("maybe", cpu)

@@ -52,6 +52,9 @@ class OptimSection:
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
+    # torch's single-kernel AdamW: "auto" = on CUDA (the foreach AdamW took 12% of an SFT step's GPU time on
+    # an H200, benchmarks/results/2026-11-26-nvidia-h200-sft-profile.json), true, false
+    fused: str = "auto"
 
 
 @dataclass

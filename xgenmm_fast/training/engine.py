@@ -287,12 +287,23 @@ def plan_data(run: Run, dataset, unit: str = "records") -> DataPlan:
     return DataPlan(dataset, lengths, bad, good, geo, plan0, steps_per_epoch, total_steps)
 
 
+def adamw_fused(setting, device: torch.device) -> bool:
+    """optim.fused: auto (fused on CUDA), true or false. (YAML reads on/off/yes/no as booleans, which reach
+    the str field as "True"/"False".)"""
+    fused = {"auto": device.type == "cuda", "true": True, "on": True, "false": False, "off": False}.get(
+        str(setting).lower())
+    if fused is None:
+        raise ValueError(f"optim.fused must be auto, true or false, got {setting!r}")
+    return fused
+
+
 def build_engine(run: Run, total_steps: int):
     """AdamW over the trainable parameters, the lr schedule, and DeepSpeed around `run.model`."""
     cfg = run.cfg
     trainable = [p for p in run.model.parameters() if p.requires_grad]
+    fused = adamw_fused(cfg.optim.fused, run.device)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
+                                  weight_decay=cfg.optim.weight_decay, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, schedule=cfg.optim.schedule, warmup_steps=cfg.optim.warmup_steps, total_steps=total_steps,
         min_ratio=cfg.optim.min_lr_ratio))
