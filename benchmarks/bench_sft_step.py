@@ -571,6 +571,28 @@ def run(args):
     breakdown["data_packing_s"] = median_time(
         lambda: [pack_samples([stream[i] for i in r], cfg.media_token_id, L, budget) for r in rows],
         args.repeats, 0, "cpu")
+    with torch.no_grad():  # the frozen encoder's features, so the perceiver can be timed alone
+        feats = [None if b.pixel_values is None or not b.media_index.numel() else ours.encode_vision_features(
+            b.pixel_values) for b in packed]
+
+    def perceiver_only():  # perceiver forward + backward (a unit upstream gradient)
+        for b, f in zip(packed, feats):
+            if f is not None:
+                toks = ours.encode_images(b.pixel_values, b.tiles_per_image, b.image_sizes, features=f)
+                torch.cat(toks).float().sum().backward()
+
+    def forward_backward():
+        for b in packed:
+            ours.forward_packed(b)["loss_sum"].backward()
+
+    breakdown["perceiver_fwd_bwd_s"] = median_time(perceiver_only, args.repeats, 1, device)
+    whole = median_time(forward_backward, args.repeats, 1, device)
+    breakdown["optimizer_s"] = median_time(opt_ours.step, args.repeats, 1, device)  # grads of the last pass
+    opt_ours.zero_grad(set_to_none=True)
+    opt_ours.state.clear()
+    # LM forward + backward (with the vision-token merge and the fused loss): the rest of the packed pass
+    breakdown["lm_fwd_bwd_s"] = max(0.0, whole - breakdown["vision_encoder_s"] - breakdown["perceiver_fwd_bwd_s"])
+    breakdown["forward_backward_s"] = whole
 
     if "ours_zero2" in variants:  # last: the engine takes `ours` over (flat buffers, hooks)
         why = zero2_unavailable()
