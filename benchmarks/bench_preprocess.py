@@ -10,7 +10,8 @@ Rows: anyres_preprocess/threads=N and anyres_preprocess_into_out/threads=N (C++,
 output) vs Pillow with N threads; bicubic_resize (one resize, C++ vs Pillow); anyres_preprocess_cuda
 (preprocess_images(backend="cuda"): bfloat16 tiles on the GPU, its default) vs Pillow (1 thread), and
 anyres_preprocess_cuda/vs_cpp against the C++ path on all cores into a pinned bfloat16 buffer plus the copy
-to the GPU (the largest difference to that C++ output is recorded; 0 expected). The CUDA rows
+to the GPU (the largest difference to that C++ output is recorded; 0 expected; `extra` also has the kernel
+alone on already-uploaded sources, kernel_only_images_per_s, and the host's share of a call). The CUDA rows
 run only when torch.cuda.is_available() and the call works; otherwise they are recorded as skipped with
 the reason. Without Pillow, the C++ rows run on numpy images and the Pillow baselines are skipped.
 
@@ -97,10 +98,22 @@ def cuda_rows(images, config: dict, repeats: int, pillow_fn) -> list[dict]:
         "cpp_to_gpu": lambda: preprocess_images(images, backend="cpp", num_threads=0, out=pinned).pixel_values.to(
             "cuda", non_blocking=True),
     }
+    # the kernel alone: sources already uploaded (what a loader that keeps decoded images on the GPU pays)
+    from xgenmm_fast import _ext
+    from xgenmm_fast.data.anyres import DEFAULT_GRIDS, TILE
+    from xgenmm_fast.data.preprocess import DEFAULT_MEAN, DEFAULT_STD, image_to_array, pack_source_buffer
+    data, descs = pack_source_buffer([image_to_array(im) for im in images], pin_memory=True)
+    data_gpu = data.to("cuda")
+    kernel = _ext.cpp_ext().anyres_preprocess_cuda
+    grids = [tuple(g) for g in DEFAULT_GRIDS]
+    fns["cuda_kernel_only"] = lambda: kernel(data_gpu, descs, grids, TILE, list(DEFAULT_MEAN), list(DEFAULT_STD),
+                                             None, "bfloat16", "pillow")
     if pillow_fn is not None:
         fns["pillow"] = pillow_fn
     secs = median_times(fns, repeats, device="cuda")
-    extra = {"max_abs_diff_vs_cpp": diff, "dtype": str(got.pixel_values.dtype).replace("torch.", "")}
+    extra = {"max_abs_diff_vs_cpp": diff, "dtype": str(got.pixel_values.dtype).replace("torch.", ""),
+             "kernel_only_images_per_s": n / secs["cuda_kernel_only"],
+             "host_share_of_call": 1 - secs["cuda_kernel_only"] / secs["cuda"]}
     rows = [result(f"{CUDA_ROW}/vs_cpp", cfg_cpp, (n / secs["cuda"], "images/s"),
                    (n / secs["cpp_to_gpu"], "images/s"), higher_is_better=True, extra=extra)]
     if pillow_fn is None:
