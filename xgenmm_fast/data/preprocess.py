@@ -326,29 +326,18 @@ def preprocess_images(
     std3 = [float(s) for s in std]
     sizes = [_image_size(im) for im in images]
 
-    if backend == "cuda":
+    if backend in ("cuda", "cpp"):  # the C++ CPU path or the CUDA kernel; the same geometry and masks
         order = orders[resize_order] or pillow_pass_order()
         arrays = [image_to_array(im, f"image {i}") for i, im in enumerate(images)]
-        pixel_values, tiles, shapes = _run_packed(
-            arrays, grid_list, tile, mean3, std3, out, order, emulate=False, device=device
-        )
+        if backend == "cuda":
+            pixel_values, tiles, shapes = _run_packed(
+                arrays, grid_list, tile, mean3, std3, out, order, emulate=False, device=device
+            )
+        else:
+            run = _ext.cpp_function("anyres_preprocess")
+            tensors = [_as_tensor(a) for a in arrays]
+            pixel_values, tiles, shapes = run(tensors, grid_list, tile, mean3, std3, num_threads, out, order)
         masks = _ext.cpp_function("anyres_feature_masks")(sizes, grid_list, tile, g) if sizes else []
-        return AnyresBatch(
-            pixel_values=pixel_values,
-            tiles_per_image=[int(t) for t in tiles],
-            grid_shapes=[(int(a), int(b)) for a, b in shapes],
-            image_sizes=sizes,
-            feature_masks=list(masks),
-        )
-
-    if backend == "cpp":
-        run = _ext.cpp_function("anyres_preprocess")
-        masks_fn = _ext.cpp_function("anyres_feature_masks")
-        arrays = [image_to_array(im, f"image {i}") for i, im in enumerate(images)]
-        tensors = [_as_tensor(a) for a in arrays]
-        order = orders[resize_order] or pillow_pass_order()
-        pixel_values, tiles, shapes = run(tensors, grid_list, tile, mean3, std3, num_threads, out, order)
-        masks = masks_fn(sizes, grid_list, tile, g) if sizes else []
         return AnyresBatch(
             pixel_values=pixel_values,
             tiles_per_image=[int(t) for t in tiles],

@@ -482,19 +482,13 @@ def requests_from_original(model, vision_x, lang_x: torch.Tensor, image_size=Non
     mask = torch.ones_like(lang_x) if attention_mask is None else attention_mask
     if mask.shape != lang_x.shape:
         raise ValueError(f"attention_mask {tuple(mask.shape)} does not match lang_x {tuple(lang_x.shape)}")
+    from ..model.xgenmm import check_vision_inputs, sample_images  # (model.xgenmm imports this module lazily)
     if vision_x is not None:
-        from ..model.xgenmm import check_vision_inputs
         check_vision_inputs(vision_x, image_size, B)
     out = []
     for i in range(B):
         ids = lang_x[i][mask[i].bool()].tolist()
-        imgs, szs = ([], []) if vision_x is None else (vision_x[i], image_size[i])
-        if imgs is None or (isinstance(imgs, (list, tuple)) and len(imgs) == 0):
-            imgs, szs = [], []
-        elif isinstance(imgs, torch.Tensor):
-            imgs, szs = [imgs], [szs]
-        if len(imgs) != len(szs):
-            raise ValueError(f"sample {i}: {len(imgs)} images but {len(szs)} image sizes")
+        imgs, szs = sample_images(vision_x, image_size, i)
         n_media = ids.count(model.media_token_id)
         if n_media > len(imgs):
             raise ValueError(f"sample {i}: {n_media} <image> tokens but only {len(imgs)} images")

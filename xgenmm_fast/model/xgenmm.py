@@ -50,6 +50,19 @@ def check_vision_inputs(vision_x, image_size, batch_size: int) -> None:
         raise ValueError("image_size (w, h) per image is required with anyres vision_x")
 
 
+def sample_images(vision_x, image_size, i: int) -> tuple[list, list]:
+    """Sample i's images and sizes as two equal-length lists, from any of the original's per-sample forms
+    (one tensor and one size, lists of them, or None / [] for a text-only sample)."""
+    imgs, szs = ([], []) if vision_x is None else (vision_x[i], image_size[i])
+    if imgs is None or (isinstance(imgs, (list, tuple)) and len(imgs) == 0):
+        imgs, szs = [], []
+    elif isinstance(imgs, torch.Tensor):
+        imgs, szs = [imgs], [szs]
+    if len(imgs) != len(szs):
+        raise ValueError(f"sample {i}: {len(imgs)} images but {len(szs)} image sizes")
+    return list(imgs), list(szs)
+
+
 def group_anyres_features(features: torch.Tensor, grid_shape: Sequence[int], g: int) -> torch.Tensor:
     """features (1 + n, g², D) of [base, tile_0..tile_{n-1}] -> (1 + n, g², D) perceiver inputs.
 
@@ -248,13 +261,7 @@ class XGenMM(nn.Module):
         tiles, sizes, owner = [], [], []
         n_media = (lang_x == self.media_token_id).sum(1).tolist()
         for i in range(B):
-            imgs, szs = vision_x[i], image_size[i]
-            if imgs is None or (isinstance(imgs, (list, tuple)) and len(imgs) == 0):
-                imgs, szs = [], []
-            elif isinstance(imgs, torch.Tensor):
-                imgs, szs = [imgs], [szs]
-            if len(imgs) != len(szs):
-                raise ValueError(f"sample {i}: {len(imgs)} images but {len(szs)} image sizes")
+            imgs, szs = sample_images(vision_x, image_size, i)
             if n_media[i] > len(imgs):
                 raise ValueError(f"sample {i}: {n_media[i]} <image> tokens but only {len(imgs)} images")
             for img, sz in list(zip(imgs, szs))[:n_media[i]]:  # images past the last <image> are unused
