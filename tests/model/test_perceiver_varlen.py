@@ -37,7 +37,12 @@ def masked_forward(model: PerceiverResampler, media: torch.Tensor, mask: torch.T
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return PerceiverResampler(DIM, OUT_DIM, PerceiverConfig(depth=2, heads=3, dim_head=8, num_latents=5, ff_mult=2))
+    m = PerceiverResampler(DIM, OUT_DIM, PerceiverConfig(depth=2, heads=3, dim_head=8, num_latents=5, ff_mult=2))
+    with torch.no_grad():  # LayerNorms away from (1, 0), so that the folded norm_media affine is exercised
+        for name, p in m.named_parameters():
+            if "norm" in name or name.endswith(".1.0.weight") or name.endswith(".1.0.bias"):
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.5 * torch.randn_like(p))
+    return m
 
 
 def _mask(kind: str, gen: torch.Generator) -> torch.Tensor | None:
@@ -54,9 +59,9 @@ def _mask(kind: str, gen: torch.Generator) -> torch.Tensor | None:
     return m
 
 
-def _loss_and_grads(model, fn, media, mask, dout):
+def _loss_and_grads(model, fn, media, mask, dout, media_grad=True):
     model.zero_grad(set_to_none=True)
-    media = media.detach().requires_grad_()
+    media = media.detach().requires_grad_(media_grad)
     out = fn(model, media, mask)
     (out * dout).sum().backward()
     return out.detach(), [media.grad] + [p.grad for p in model.parameters()]
@@ -78,32 +83,61 @@ def test_varlen_equals_masked(model, kind):
         assert torch.all(grads[0][mask == 0] == 0)
 
 
+@pytest.mark.parametrize("kind", ["padding", "none"])
+def test_frozen_media_param_grads_equal_masked(model, kind):
+    """Media without gradient (frozen vision encoder): the norm_media dγ/dβ then come from to_kv's weight
+    gradient through the fold, not from an input gradient: they must still equal the masked form's."""
+    gen = torch.Generator().manual_seed(6)
+    media, mask = torch.randn(6, M, DIM, generator=gen) * 2 + 0.5, _mask(kind, gen)
+    dout = torch.randn(6, model.config.num_latents, OUT_DIM, generator=gen)
+    out, grads = _loss_and_grads(model, lambda m, x, k: m(x, k), media, mask, dout, media_grad=False)
+    ref, ref_grads = _loss_and_grads(model, masked_forward, media, mask, dout, media_grad=False)
+    assert grads[0] is None and ref_grads[0] is None
+    assert rel_err(out, ref) < RTOL
+    for (name, _), g, r in zip(model.named_parameters(), grads[1:], ref_grads[1:]):
+        assert g is not None and r is not None, name
+        assert rel_err(g, r) < RTOL, name
+
+
+def test_media_kv_folds_norm_media_affine(model):
+    """media_kv(x̂) == to_kv(norm_media(x)) for x̂ the affine-free LayerNorm of x (fp64: exact algebra)."""
+    attn = model.layers[0][0].double()
+    try:
+        x = torch.randn(11, DIM, dtype=torch.float64) * 3 + 1
+        x_hat = torch.nn.functional.layer_norm(x, (DIM,), eps=attn.norm_media.eps)
+        assert rel_err(attn.media_kv(x_hat), attn.to_kv(attn.norm_media(x))) < 1e-12
+    finally:
+        attn.float()
+
+
 def test_only_visible_tokens_are_normed_and_projected_and_packed_once(model, monkeypatch):
     gen = torch.Generator().manual_seed(4)
     media, mask = torch.randn(6, M, DIM, generator=gen), _mask("random", gen)
-    rows, packs = [], []
-    hooks = [attn.norm_media.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[0]))
-             for attn, _ in model.layers]
-    real_pack = perceiver_mod.pack_visible_media
+    kv_rows, packs, media_norms = [], [], []
+    real_pack, real_kv = perceiver_mod.pack_visible_media, perceiver_mod.PerceiverAttention.media_kv
+    real_ln = perceiver_mod.norms.layer_norm
     monkeypatch.setattr(perceiver_mod, "pack_visible_media", lambda *a: packs.append(1) or real_pack(*a))
-    try:
-        with torch.no_grad():
-            model(media, mask)
-    finally:
-        for h in hooks:
-            h.remove()
-    assert rows == [int(mask.sum())] * len(model.layers)
+    monkeypatch.setattr(perceiver_mod.PerceiverAttention, "media_kv",
+                        lambda self, x: kv_rows.append(x.shape[0]) or real_kv(self, x))
+    monkeypatch.setattr(perceiver_mod.norms, "layer_norm",
+                        lambda x, w, b, eps: (media_norms.append(x.shape[0]) if w is None else None)
+                        or real_ln(x, w, b, eps))
+    with torch.no_grad():
+        model(media, mask)
+    assert kv_rows == [int(mask.sum())] * len(model.layers)
+    assert media_norms == [int(mask.sum())]  # the media statistics: once per forward, not once per layer
     assert len(packs) == 1
 
 
 def test_pack_visible_media_layout():
     media = torch.arange(3 * 4 * 2, dtype=torch.float32).view(3, 4, 2)
     mask = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
-    packed = perceiver_mod.pack_visible_media(media, mask)
+    packed = perceiver_mod.pack_visible_media(media, mask, 1e-5)
     assert packed.cu.tolist() == [0, 2, 2, 6] and packed.cu.dtype == torch.int32 and packed.max_len == 4
-    assert torch.equal(packed.tokens, torch.cat([media[0, [0, 2]], media[2]]))
+    expected = torch.cat([media[0, [0, 2]], media[2]])
+    assert torch.allclose(packed.tokens, torch.nn.functional.layer_norm(expected, (2,), eps=1e-5))
     with pytest.raises(ValueError, match="media_mask must be"):
-        perceiver_mod.pack_visible_media(media, mask[:, :3])
+        perceiver_mod.pack_visible_media(media, mask[:, :3], 1e-5)
 
 
 def test_triton_backend_in_the_model_matches_reference(model):

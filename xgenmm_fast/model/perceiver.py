@@ -2,8 +2,15 @@
 
 Masked media tokens (anyres padding, SPEC §3.4) are dropped, not masked: `pack_visible_media` gathers
 the visible tokens of all chunks into one (total_visible, D) tensor once per forward, and every layer's
-LayerNorm, to_kv and attention (`perceiver_attention_varlen`) run on that packed tensor only. The result
-equals the masked form of the spec (a masked key has zero softmax weight there).
+to_kv and attention (`perceiver_attention_varlen`) run on that packed tensor only. The result equals the
+masked form of the spec (a masked key has zero softmax weight there).
+
+The media tokens are the same input to every layer, so their LayerNorm statistics are too: they are
+normalized once per forward (x̂ = (x − mean) · rstd, no affine), and each layer's `norm_media` affine is
+folded into its to_kv weights: to_kv(x̂·γ + β) = x̂ (W·diag γ)ᵀ + W β (`PerceiverAttention.media_kv`).
+Besides the 5 LayerNorm passes saved, when the media need no gradient (a frozen vision encoder) the
+backward no longer computes the (tokens × D) input gradient of to_kv just to get dγ/dβ: they come from
+to_kv's weight gradient (dγ = Σ_rows dW' ∘ W), which is computed anyway.
 
 Parameter names match `vision_tokenizer.*` keys: `layers.{i}.0` is the attention block,
 `layers.{i}.1` the FF block as a Sequential (LN, up, GELU, down -> indices 0, 1, 2, 3).
@@ -17,31 +24,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PerceiverConfig
-from ..ops import activations, attention
+from ..ops import activations, attention, norms
 from .siglip import LayerNorm
 
 
 class VisibleMedia(NamedTuple):
     """The visible media tokens of N chunks, back to back: chunk n is rows [cu[n], cu[n + 1])."""
-    tokens: torch.Tensor  # (total_visible, D)
+    tokens: torch.Tensor  # (total_visible, D), LayerNorm-normalized without affine (x̂)
     cu: torch.Tensor      # (N + 1,) int32
     max_len: int          # an upper bound on every chunk's count (the padded length M)
 
 
-def pack_visible_media(media: torch.Tensor, media_mask: torch.Tensor | None) -> VisibleMedia:
-    """media (N, M, D), media_mask (N, M) 0/1 or None (all visible) -> VisibleMedia.
+def pack_visible_media(media: torch.Tensor, media_mask: torch.Tensor | None, eps: float) -> VisibleMedia:
+    """media (N, M, D), media_mask (N, M) 0/1 or None (all visible) -> VisibleMedia of normalized tokens.
 
     Masked tokens get no row, hence no LayerNorm, no to_kv and no attention work, and a zero gradient.
+    The tokens are normalized here, once, with every layer's norm_media eps (one config value).
     """
     N, M, D = media.shape
     if media_mask is None:
         cu = torch.arange(0, (N + 1) * M, M, dtype=torch.int32, device=media.device)
-        return VisibleMedia(media.reshape(N * M, D), cu, M)
-    if media_mask.shape != (N, M):
-        raise ValueError(f"perceiver: media_mask must be (N, M) = {(N, M)} like media, got {tuple(media_mask.shape)}")
-    visible = media_mask.to(media.device) != 0  # (N, M)
-    cu = F.pad(visible.sum(1).cumsum(0), (1, 0)).to(torch.int32)
-    return VisibleMedia(media[visible], cu, M)
+        tokens, max_len = media.reshape(N * M, D), M
+    else:
+        if media_mask.shape != (N, M):
+            raise ValueError(f"perceiver: media_mask must be (N, M) = {(N, M)} like media, "
+                             f"got {tuple(media_mask.shape)}")
+        visible = media_mask.to(media.device) != 0  # (N, M)
+        cu = F.pad(visible.sum(1).cumsum(0), (1, 0)).to(torch.int32)
+        tokens, max_len = media[visible], M
+    return VisibleMedia(norms.layer_norm(tokens, None, None, eps), cu, max_len)
 
 
 class PerceiverAttention(nn.Module):
@@ -58,14 +69,25 @@ class PerceiverAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, H*d) -> (N, H, T, d)
         return x.view(x.shape[0], x.shape[1], self.heads, self.dim_head).transpose(1, 2)
 
+    def media_kv(self, media_hat: torch.Tensor) -> torch.Tensor:
+        """to_kv(norm_media(x)) from x̂ = the media normalized without affine: x̂ (W·diag γ)ᵀ + W β.
+
+        The fold is computed in at least fp32 and cast once to W's dtype (a (2·inner, D) product:
+        negligible). Autograd then gives dW = dW'·γ, dγ = Σ_rows dW' ∘ W, dβ = Wᵀ Σ_tokens dKV.
+        """
+        w, gamma, beta = self.to_kv.weight, self.norm_media.weight, self.norm_media.bias
+        acc = torch.promote_types(w.dtype, torch.float32)
+        w_folded = (w.to(acc) * gamma.to(acc)).to(w.dtype)
+        b_folded = (w.to(acc) @ beta.to(acc)).to(w.dtype)
+        return F.linear(media_hat.to(w.dtype), w_folded, b_folded)
+
     def forward(self, media: VisibleMedia, latents: torch.Tensor) -> torch.Tensor:
-        """media: the packed visible tokens of the N chunks; latents (N, L, D) -> (N, L, D)."""
-        xn = self.norm_media(media.tokens)  # (total_visible, D)
+        """media: the packed, normalized visible tokens of the N chunks; latents (N, L, D) -> (N, L, D)."""
         ln = self.norm_latents(latents)
         q = self._heads(self.to_q(ln))
         # to_kv applied to each key source separately equals to_kv(cat(...)) row for row: no concat needed
         k_media, v_media = (t.view(t.shape[0], self.heads, self.dim_head)  # (total_visible, H, d)
-                            for t in self.to_kv(xn).chunk(2, dim=-1))
+                            for t in self.media_kv(media.tokens).chunk(2, dim=-1))
         k_lat, v_lat = (self._heads(t) for t in self.to_kv(ln).chunk(2, dim=-1))
         out = attention.perceiver_attention_varlen(q, k_media, v_media, media.cu, k_lat, v_lat, self.scale,
                                                    max_media=media.max_len)
@@ -97,7 +119,8 @@ class PerceiverResampler(nn.Module):
         self.projection = nn.Linear(dim, out_dim)
 
     def forward(self, media: torch.Tensor, media_mask: torch.Tensor | None = None) -> torch.Tensor:
-        visible = pack_visible_media(media, media_mask)  # once; every layer reads the same packed tokens
+        # once: every layer reads the same packed, normalized tokens
+        visible = pack_visible_media(media, media_mask, self.config.layer_norm_eps)
         latents = self.latents.to(media.dtype).expand(media.shape[0], -1, -1)
         for attn, ff in self.layers:
             latents = attn(visible, latents) + latents
