@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from xgenmm_fast.ops.norms import rms_norm_reference
-from xgenmm_fast.ops.triton.rms_norm import rms_norm_triton
+from xgenmm_fast.ops.triton.rms_norm import (
+    _dw_plan,
+    rms_norm_bwd,
+    rms_norm_fwd,
+    rms_norm_triton,
+)
 
 from ._util import DEVICE, DTYPES, TOL, as64, check, leaf
 
@@ -37,3 +42,58 @@ def test_rms_norm_strided_input_and_fp32_weight(seed):
     ref = rms_norm_reference(x.detach(), w.detach(), 1e-6)
     assert y.dtype == ref.dtype == torch.float32
     check("rms_norm", [y], [ref], TOL[torch.float16])
+
+
+def _grads_vs_reference(x, w, dy, eps=1e-5):
+    """(dx, dweight) from the Triton op and from the fp64 reference, for the same rounded inputs."""
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    rms_norm_triton(x, w, eps).backward(dy)
+    x64, w64 = as64(x, w)
+    rms_norm_reference(x64, w64, eps).backward(dy.double().cpu())
+    return x.grad, w.grad, x64.grad, w64.grad
+
+
+# the dweight column reduction: rows not a multiple of BLOCK_R, N not a multiple of BLOCK_C, a single row,
+# a single column, and enough rows for several row groups (partials summed across groups)
+@pytest.mark.parametrize("shape", [(37, 200), (130, 3072), (1, 200), (50, 1), (300, 40), (3, 100, 72)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_backward_column_reduction(shape, dtype, seed):
+    x = torch.randn(shape).to(DEVICE, dtype) * 2
+    w = (1 + 0.1 * torch.randn(shape[-1])).to(DEVICE, dtype)
+    dy = torch.randn(shape).to(DEVICE, dtype)
+    eps = 1e-5
+    if shape[-1] == 1:
+        # N = 1 is ill-conditioned for an fp32 kernel vs an fp64 reference, in both gradients: dx =
+        # rstd·g·eps/(x² + eps) is all cancellation for a small eps, and dweight is one sum of ±terms.
+        # A large eps and same-sign terms keep it well-conditioned (the kernels' paths are the same).
+        eps, x, dy = 1.0, x.abs(), dy.abs()
+    dx, dw, dx64, dw64 = _grads_vs_reference(x, w, dy, eps)
+    assert dx.dtype == dtype and dw.dtype == dtype and dw.shape == w.shape
+    check("rms_norm dx", [dx], [dx64], TOL[dtype])
+    check("rms_norm dweight", [dw], [dw64], TOL[dtype])
+
+
+def test_dweight_plan_covers_rows_with_several_groups():
+    """The (300, 40) case above runs several row groups; every plan covers all rows with no empty group."""
+    dev = torch.device(DEVICE)
+    assert _dw_plan(300, 40, dev)[2] > 1
+    for rows, n in [(1, 1), (1, 200), (37, 200), (300, 40), (130, 3072), (16384, 3072), (5, 100000)]:
+        block_r, _, g, rpg = _dw_plan(rows, n, dev)
+        assert g >= 1 and rpg % block_r == 0
+        assert (g - 1) * rpg < rows <= g * rpg, (rows, n, block_r, g, rpg)
+
+
+def test_rms_norm_backward_strided_inputs_and_fp32_weight(seed):
+    """rms_norm_bwd on row views with a row stride ≠ N (x and dy), fp16 x with an fp32 weight."""
+    N = 70
+    x = torch.randn(45, 2 * N).to(DEVICE, torch.float16)[:, :N]
+    dy = torch.randn(45, 3 * N).to(DEVICE, torch.float32)[:, N:2 * N]
+    w = (1 + 0.1 * torch.randn(N)).to(DEVICE, torch.float32)
+    assert x.stride(0) != N and dy.stride(0) != N
+    _, rstd = rms_norm_fwd(x, w, 1e-6)
+    dx, dw = rms_norm_bwd(dy, x, w, rstd)
+    assert dx.dtype == torch.float16 and dw.dtype == torch.float32
+    x64, w64 = as64(x.detach().requires_grad_(), w.detach().requires_grad_())
+    rms_norm_reference(x64, w64, 1e-6).backward(dy.double().cpu())
+    check("rms_norm dx", [dx], [x64.grad], TOL[torch.float16])
+    check("rms_norm dweight", [dw], [w64.grad], TOL[torch.float16])
