@@ -46,6 +46,59 @@ def test_varlen_attention_matches_reference(lens, Hq, Hkv, D, window, causal, dt
     check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[dtype], GRAD_FLOOR)
 
 
+# sequences spanning several tiles with windows wider than a tile: tiles fully visible (no mask), tiles on
+# the causal diagonal, on the window's edge and past the sequence end all occur in one program
+LONG_CASES = [
+    ([70, 45, 1], 2, 1, 32, 23, True),
+    ([64, 16], 2, 2, 16, 40, True),
+    ([81], 1, 1, 24, None, True),
+    ([50, 33], 2, 1, 16, 17, False),
+    ([47], 2, 2, 16, None, False),
+    # windows at a tile multiple and one short of it (Phi-3's 2047 = 32·64 − 1): tile edges meet the window's
+    ([80, 40], 1, 1, 16, 31, True),
+    ([80], 1, 1, 16, 32, True),
+    ([66], 1, 1, 16, 15, True),
+    ([66], 1, 1, 16, 16, False),
+]
+
+
+@pytest.mark.parametrize("blocks", [(16, 16), (32, 16), (16, 32)])
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", LONG_CASES)
+def test_varlen_attention_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, monkeypatch, seed):
+    """Masked / unmasked tile ranges, with equal and unequal query and key tiles (fp32)."""
+    if DEVICE == "cuda":
+        pytest.skip("interpreter tile sizes only (the GPU's are fixed); the CASES above run on the GPU")
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    monkeypatch.setattr(mod, "INTERPRET_BLOCKS", blocks)
+    q, k, v, cu = _pack(lens, Hq, Hkv, D, torch.float32)
+    o = varlen_attention_triton(q, k, v, cu, causal=causal, sliding_window=window)
+    do = torch.randn(o.shape)
+    o.backward(do)
+    q64, k64, v64 = as64(q, k, v)
+    ref = varlen_attention_reference(q64, k64, v64, cu.cpu(), causal=causal, sliding_window=window)
+    ref.backward(do.double())
+    check("varlen_fwd", [o], [ref], TOL[torch.float32])
+    check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[torch.float32],
+          GRAD_FLOOR)
+
+
+@pytest.mark.parametrize("blocks", [(16, 16), (32, 16)])
+@pytest.mark.parametrize("window", [None, 21])
+def test_decode_attention_tile_ranges(blocks, window, monkeypatch, seed):
+    """Queries at the end of a long cache (offset causal diagonal), several tiles."""
+    if DEVICE == "cuda":
+        pytest.skip("interpreter tile sizes only")
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    monkeypatch.setattr(mod, "INTERPRET_BLOCKS", blocks)
+    B, Hq, Hkv, D, tmax, tq = 2, 2, 1, 16, 70, 19
+    q = torch.randn(B, Hq, tq, D)
+    kc, vc = torch.randn(B, Hkv, tmax, D), torch.randn(B, Hkv, tmax, D)
+    seqlens = torch.tensor([70, 37], dtype=torch.int32)
+    o = decode_attention_triton(q, kc, vc, seqlens, sliding_window=window)
+    ref = decode_attention_reference(*as64(q, kc, vc), seqlens, sliding_window=window)
+    check("decode", [o], [ref], TOL[torch.float32])
+
+
 def test_varlen_attention_empty_pack_and_explicit_scale(seed):
     e = torch.zeros(0, 2, 16, device=DEVICE, requires_grad=True)
     out = varlen_attention_triton(e, e, e, torch.tensor([0], dtype=torch.int32, device=DEVICE))

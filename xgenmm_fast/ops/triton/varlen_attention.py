@@ -8,7 +8,9 @@ means key j visible to query i iff j ≤ i; a sliding window W additionally need
 
 Forward: one program per (query block, sequence, q head); online softmax (exp2, fp32 statistics) over
 the key blocks that can be visible — [lo, hi) cut by causality and the window, so masked-out tiles are
-never loaded. Head dims that are not powers of two (Phi-3: 96) are padded to the next power of two inside
+never loaded. Of those, the tiles visible to every row of the block (`_unmasked_tiles`) run without
+computing a mask: only the tiles on the causal diagonal, the window's edge and the sequence end do
+(the same split in both backward kernels). Head dims that are not powers of two (Phi-3: 96) are padded to the next power of two inside
 the tile with masked loads/stores. Backward (FA2 style, recomputation from the saved lse):
 delta = rowsum(dO · O); a dK/dV kernel per (key block, sequence, kv head) that loops over the q heads of
 its GQA group and the visible query blocks (no atomics), and a dQ kernel per (query block, sequence,
@@ -29,6 +31,51 @@ from ..attention import decode_attention_reference, varlen_attention_reference
 from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d, dmask, off,
+               stride_kt, stride_vt, qk_scale, window, tile_lo, tile_hi,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """Online softmax over the key tiles starting in [tile_lo, tile_hi). MASKED=False only for tiles whose
+    every (query row, key) pair is visible and in bounds: no masks computed there."""
+    for start_n in range(tile_lo, tile_hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_rows = (k_start + cols[:, None]).to(tl.int64)
+        if MASKED:
+            kvmask = (cols[:, None] < k_len) & dmask
+        else:
+            kvmask = dmask
+        k = tl.load(kb + kv_rows * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
+        v = tl.load(vb + kv_rows * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        if MASKED:
+            visible = cols[None, :] < k_len
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + off)
+            if HAS_WINDOW:
+                visible = visible & (offs_m[:, None] + off - cols[None, :] < window)
+            qk = tl.where(visible, qk, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _unmasked_tiles(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
+    """Of the tiles starting at lo, lo + BLOCK, ... < hi, those lying inside [full_lo, full_hi) (no mask
+    needed) start in [mid_lo, mid_hi); lo ≤ mid_lo ≤ mid_hi ≤ hi."""
+    mid_lo = lo + tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK) * BLOCK
+    mid_hi = lo + (tl.maximum(full_hi - lo, 0) // BLOCK) * BLOCK  # tiles with start + BLOCK ≤ full_hi
+    mid_lo = tl.minimum(mid_lo, hi)
+    mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
+    return mid_lo, mid_hi
 
 
 @triton.jit
@@ -57,7 +104,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
         k_len = tl.load(SEQLEN_K + b)
     if pid_m * BLOCK_M < q_len:
         off = k_len - q_len  # query i sits at key position i + off
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m0 = pid_m * BLOCK_M
+        offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d[None, :] < D
@@ -69,33 +117,30 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
         m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        # key tiles [lo, hi) that can hold a visible key; of them, [mid_lo, mid_hi) are visible to every row
+        # of the block (key n < k_len, n ≤ the block's first position m0 + off, and within the window of
+        # its last row): only the tiles on the causal diagonal, the window's edge and k_len compute masks
         hi = k_len
+        full_hi = k_len
         if CAUSAL:
-            hi = tl.minimum(k_len, (pid_m + 1) * BLOCK_M + off)
+            hi = tl.minimum(k_len, m0 + BLOCK_M + off)
+            full_hi = tl.minimum(k_len, m0 + off + 1)
         lo = 0
+        full_lo = 0
         if HAS_WINDOW:
-            lo = tl.maximum(0, pid_m * BLOCK_M + off - window + 1)
+            lo = tl.maximum(0, m0 + off - window + 1)
             lo = (lo // BLOCK_N) * BLOCK_N
-        for start_n in range(lo, hi, BLOCK_N):
-            cols = start_n + offs_n
-            kv_rows = (k_start + cols[:, None]).to(tl.int64)
-            kvmask = (cols[:, None] < k_len) & dmask
-            k = tl.load(kb + kv_rows * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
-            v = tl.load(vb + kv_rows * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            visible = cols[None, :] < k_len
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= offs_m[:, None] + off)
-            if HAS_WINDOW:
-                visible = visible & (offs_m[:, None] + off - cols[None, :] < window)
-            qk = tl.where(visible, qk, -float("inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-            p = tl.exp2(qk - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+            full_lo = m0 + BLOCK_M - 1 + off - window + 1
+        mid_lo, mid_hi = _unmasked_tiles(lo, hi, full_lo, full_hi, BLOCK_N)
+        acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d, dmask, off,
+                                   stride_kt, stride_vt, qk_scale, window, lo, mid_lo,
+                                   True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
+        acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d, dmask, off,
+                                   stride_kt, stride_vt, qk_scale, window, mid_lo, mid_hi,
+                                   False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
+        acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d, dmask, off,
+                                   stride_kt, stride_vt, qk_scale, window, mid_hi, hi,
+                                   True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
         empty = l_i == 0.0
         o = acc / tl.where(empty, 1.0, l_i)[:, None]
         ob = O + b.to(tl.int64) * stride_ob + h * stride_oh
@@ -104,6 +149,38 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
         if STORE_LSE:
             lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
             tl.store(LSE + h * stride_lse_h + q_start + offs_m, lse, mask=offs_m < q_len)
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, offs_d, dmask,
+                stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, tile_lo, tile_hi,
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr):
+    """dK/dV of one key block from the query tiles starting in [tile_lo, tile_hi) of q head h. Rows past
+    the sequence load lse = +inf, hence p = 0, and keys past it are never stored: the unmasked tiles
+    (every row sees every key of the block) need neither bound."""
+    for start_m in range(tile_lo, tile_hi, BLOCK_M):
+        rows = start_m + offs_m
+        mmask = rows[:, None] < seqlen
+        rows_t = (start + rows[:, None]).to(tl.int64)
+        q = tl.load(Q + rows_t * stride_qt + h * stride_qh + offs_d[None, :], mask=mmask & dmask, other=0.0)
+        do = tl.load(DO + rows_t * stride_dot + h * stride_doh + offs_d[None, :], mask=mmask & dmask, other=0.0)
+        lse = tl.load(LSE + h * stride_lse_h + start + rows, mask=rows < seqlen, other=float("inf"))
+        delta = tl.load(DELTA + h * stride_lse_h + start + rows, mask=rows < seqlen, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.exp2(qk - lse[:, None])
+        if MASKED:
+            visible = offs_n[None, :] < seqlen
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= rows[:, None])
+            if HAS_WINDOW:
+                visible = visible & (rows[:, None] - offs_n[None, :] < window)
+            p = tl.where(visible, p, 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    return dk, dv
 
 
 @triton.jit
@@ -122,7 +199,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
     start = tl.load(CU + b)
     seqlen = tl.load(CU + b + 1) - start
     if pid_n * BLOCK_N < seqlen:
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n0 = pid_n * BLOCK_N
+        offs_n = n0 + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d[None, :] < D
@@ -132,37 +210,65 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
         v = tl.load(V + rows_n * stride_vt + hk * stride_vh + offs_d[None, :], mask=nmask, other=0.0)
         dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
         dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        # query tiles [lo, hi) that can see a key of the block; [mid_lo, mid_hi) see all of them (rows at
+        # or after the block's last key, and within the window of its first key)
         lo = 0
+        full_lo = 0
         if CAUSAL:
-            lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M
+            lo = (n0 // BLOCK_M) * BLOCK_M
+            full_lo = n0 + BLOCK_N - 1
         hi = seqlen
+        full_hi = hi
         if HAS_WINDOW:
-            hi = tl.minimum(seqlen, (pid_n + 1) * BLOCK_N + window - 1)
+            hi = tl.minimum(seqlen, n0 + BLOCK_N + window - 1)
+            full_hi = n0 + window
+        mid_lo, mid_hi = _unmasked_tiles(lo, hi, full_lo, full_hi, BLOCK_M)
+        if not HAS_WINDOW:
+            mid_hi = hi  # (past-the-end rows need no mask: p = 0 there)
         for g in range(0, GROUP):
             h = hk * GROUP + g
-            for start_m in range(lo, hi, BLOCK_M):
-                rows = start_m + offs_m
-                mmask = rows[:, None] < seqlen
-                rows_t = (start + rows[:, None]).to(tl.int64)
-                q = tl.load(Q + rows_t * stride_qt + h * stride_qh + offs_d[None, :], mask=mmask & dmask, other=0.0)
-                do = tl.load(DO + rows_t * stride_dot + h * stride_doh + offs_d[None, :], mask=mmask & dmask,
-                             other=0.0)
-                lse = tl.load(LSE + h * stride_lse_h + start + rows, mask=rows < seqlen, other=float("inf"))
-                delta = tl.load(DELTA + h * stride_lse_h + start + rows, mask=rows < seqlen, other=0.0)
-                qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-                visible = offs_n[None, :] < seqlen
-                if CAUSAL:
-                    visible = visible & (offs_n[None, :] <= rows[:, None])
-                if HAS_WINDOW:
-                    visible = visible & (rows[:, None] - offs_n[None, :] < window)
-                p = tl.where(visible, tl.exp2(qk - lse[:, None]), 0.0)
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-                ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, offs_d, dmask,
+                                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window,
+                                 lo, mid_lo, True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, offs_d, dmask,
+                                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window,
+                                 mid_lo, mid_hi, False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, offs_d, dmask,
+                                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window,
+                                 mid_hi, hi, True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M)
         tl.store(DK + rows_n * stride_dkt + hk * stride_dkh + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
                  mask=nmask)
         tl.store(DV + rows_n * stride_dvt + hk * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, offs_d, dmask,
+              stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, tile_lo, tile_hi,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """dQ of one query block from the key tiles starting in [tile_lo, tile_hi)."""
+    for start_n in range(tile_lo, tile_hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_rows = (start + cols[:, None]).to(tl.int64)
+        if MASKED:
+            kvmask = (cols[:, None] < seqlen) & dmask
+        else:
+            kvmask = dmask
+        k = tl.load(K + kv_rows * stride_kt + hk * stride_kh + offs_d[None, :], mask=kvmask, other=0.0)
+        v = tl.load(V + kv_rows * stride_vt + hk * stride_vh + offs_d[None, :], mask=kvmask, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.exp2(qk - lse[:, None])
+        if MASKED:
+            visible = cols[None, :] < seqlen
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None])
+            if HAS_WINDOW:
+                visible = visible & (offs_m[:, None] - cols[None, :] < window)
+            p = tl.where(visible, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
 
 
 @triton.jit
@@ -182,7 +288,8 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
     start = tl.load(CU + b)
     seqlen = tl.load(CU + b + 1) - start
     if pid_m * BLOCK_M < seqlen:
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m0 = pid_m * BLOCK_M
+        offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d[None, :] < D
@@ -193,38 +300,43 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
         lse = tl.load(LSE + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=float("inf"))
         delta = tl.load(DELTA + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=0.0)
         dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        # key tiles as in the forward (offset 0): [mid_lo, mid_hi) visible to every row of the block
         hi = seqlen
+        full_hi = seqlen
         if CAUSAL:
-            hi = tl.minimum(seqlen, (pid_m + 1) * BLOCK_M)
+            hi = tl.minimum(seqlen, m0 + BLOCK_M)
+            full_hi = tl.minimum(seqlen, m0 + 1)
         lo = 0
+        full_lo = 0
         if HAS_WINDOW:
-            lo = tl.maximum(0, pid_m * BLOCK_M - window + 1)
+            lo = tl.maximum(0, m0 - window + 1)
             lo = (lo // BLOCK_N) * BLOCK_N
-        for start_n in range(lo, hi, BLOCK_N):
-            cols = start_n + offs_n
-            kv_rows = (start + cols[:, None]).to(tl.int64)
-            kvmask = (cols[:, None] < seqlen) & dmask
-            k = tl.load(K + kv_rows * stride_kt + hk * stride_kh + offs_d[None, :], mask=kvmask, other=0.0)
-            v = tl.load(V + kv_rows * stride_vt + hk * stride_vh + offs_d[None, :], mask=kvmask, other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            visible = cols[None, :] < seqlen
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= offs_m[:, None])
-            if HAS_WINDOW:
-                visible = visible & (offs_m[:, None] - cols[None, :] < window)
-            p = tl.where(visible, tl.exp2(qk - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+            full_lo = m0 + BLOCK_M - window
+        mid_lo, mid_hi = _unmasked_tiles(lo, hi, full_lo, full_hi, BLOCK_N)
+        dq = _dq_tiles(dq, q, do, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, offs_d, dmask,
+                       stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, lo, mid_lo,
+                       True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
+        dq = _dq_tiles(dq, q, do, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, offs_d, dmask,
+                       stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, mid_lo, mid_hi,
+                       False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
+        dq = _dq_tiles(dq, q, do, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, offs_d, dmask,
+                       stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, mid_hi, hi,
+                       True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
         tl.store(DQ + rows_m * stride_dqt + h * stride_dqh + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
                  mask=mmask)
+
+
+# (BLOCK_M, BLOCK_N) under the interpreter: small, so that CPU tests cross several tiles cheaply; tests
+# also set unequal sizes (the GPU's forward tiles are 128 x 64) to check the tile-range arithmetic
+INTERPRET_BLOCKS = (16, 16)
 
 
 def _cfg(D: int, backward: bool) -> dict:
     """Tile sizes: small tiles under the interpreter (exercise several blocks cheaply); FA2-like on GPU."""
     block_d = max(16, next_pow2(D))
     if interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=1, num_stages=1)
+        bm, bn = INTERPRET_BLOCKS
+        return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=1, num_stages=1)
     if backward:
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8, num_stages=2)
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8, num_stages=3)
