@@ -144,24 +144,10 @@ class OriginalPipeline(torch.nn.Module):
         self.vision.requires_grad_(False)
 
     def perceive(self, x, mask):
-        """The original PerceiverAttention: keys = cat(media, latents), mask materialised per chunk."""
-        p = self.perceiver
-        lat = p.latents.expand(x.shape[0], -1, -1)
-        full_mask = torch.cat([mask, torch.ones(x.shape[0], lat.shape[1], device=x.device, dtype=mask.dtype)], 1)
-        for attn, ff in p.layers:
-            xn, ln = F.layer_norm(x, x.shape[-1:], attn.norm_media.weight, attn.norm_media.bias, attn.norm_media.eps), \
-                F.layer_norm(lat, lat.shape[-1:], attn.norm_latents.weight, attn.norm_latents.bias, attn.norm_latents.eps)
-            h = attn.heads
-            q = attn.to_q(ln)
-            k, v = attn.to_kv(torch.cat([xn, ln], 1)).chunk(2, -1)
-            q, k, v = (z.view(z.shape[0], z.shape[1], h, -1).transpose(1, 2) for z in (q, k, v))
-            sim = (q * attn.scale) @ k.transpose(-1, -2)
-            sim = sim.masked_fill(full_mask[:, None, None, :] == 0, float("-inf"))
-            sim = sim - sim.amax(-1, keepdim=True).detach()
-            out = (sim.softmax(-1) @ v).transpose(1, 2).reshape(lat.shape[0], lat.shape[1], -1)
-            lat = attn.to_out(out) + lat
-            lat = ff(lat) + lat
-        return p.projection(p.norm(lat))
+        """The original PerceiverAttention: keys = cat(media, latents), mask materialised per chunk
+        (benchmarks/_original_perceiver.py, also the baseline of bench_perceiver.py)."""
+        from _original_perceiver import original_perceive  # benchmarks/, on sys.path like _common
+        return original_perceive(self.perceiver, x, mask)
 
     def forward(self, samples, device, dtype):
         from xgenmm_fast.data.anyres import anyres_feature_masks

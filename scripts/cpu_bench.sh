@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The CPU rows of the benchmark suite (issue #5): bench_preprocess (Pillow vs C++, 1 and 2 threads),
-# bench_planner (665k LLaVA-like samples), and the model benchmarks at tiny size on the CPU (bench_sft_step,
-# bench_dpo, bench_generate), each under its own time limit and all together under CPU_BENCH_BUDGET_S
-# (default 720 s; about 5 minutes on 2 cores). bench_kernels is not run: without a GPU the Triton kernels
-# only run under the interpreter, whose timings mean nothing. Results merge into
+# bench_planner (665k LLaVA-like samples), and the model benchmarks at tiny size on the CPU
+# (bench_perceiver, bench_sft_step, bench_dpo, bench_generate), each under its own time limit and all
+# together under CPU_BENCH_BUDGET_S (default 720 s; about 5 minutes on 2 cores). bench_kernels is not run:
+# without a GPU the Triton kernels only run under the interpreter, whose timings mean nothing. Results merge into
 # RESULTS_DIR/<date>-cpu-<cpu>.json, benchmarks/report.py writes the summary and plots next to it, and a
 # short table is printed last. Step logs go to CPU_BENCH_LOGS (default: a new temporary folder, printed).
 # CPU_BENCH_SMOKE=1 runs every script with --smoke instead (seconds: a check that the suite runs, not
@@ -31,12 +31,16 @@ if [[ "${CPU_BENCH_SMOKE:-0}" == "1" ]]; then
   echo "CPU_BENCH_SMOKE=1: smoke sizes, the numbers are not worth keeping"
   step bench_preprocess 60 "$PY" benchmarks/bench_preprocess.py --smoke --out "$OUT"
   step bench_planner 60 "$PY" benchmarks/bench_planner.py --smoke --out "$OUT"
+  step bench_perceiver 60 "$PY" benchmarks/bench_perceiver.py --smoke --out "$OUT"
   step bench_sft_step 120 "$PY" benchmarks/bench_sft_step.py --smoke --out "$OUT"
   step bench_dpo 120 "$PY" benchmarks/bench_dpo.py --smoke --out "$OUT"
   step bench_generate 120 "$PY" benchmarks/bench_generate.py --smoke --out "$OUT"
 else
   step bench_preprocess 120 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
   step bench_planner 240 "$PY" benchmarks/bench_planner.py --out "$OUT"
+  # tiny (ms per call): one thread and 20 repeats, or other jobs' load swings it several-fold (~10 s)
+  step bench_perceiver 90 "$PY" benchmarks/bench_perceiver.py --size tiny --device cpu --threads 1 --repeats 20 \
+    --out "$OUT"
   step bench_sft_step 180 "$PY" benchmarks/bench_sft_step.py --size tiny --device cpu --samples 16 --repeats 3 \
     --warmup 1 --out "$OUT"
   step bench_dpo 180 "$PY" benchmarks/bench_dpo.py --size tiny --device cpu --repeats 3 --out "$OUT"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark suite on a GPU machine (issue #5): build the extension (CUDA kernels included), then
-# bench_kernels, bench_preprocess (Pillow, C++ and CUDA paths), bench_sft_step, bench_dpo and bench_generate
-# (released size), each under its own time limit and all together under GPU_BENCH_BUDGET_S (default 515 s,
-# so the run stays under 9 min on an H100). bench_planner is CPU-only: scripts/cpu_bench.sh runs it.
+# bench_kernels, bench_preprocess (Pillow, C++ and CUDA paths), bench_perceiver, bench_sft_step, bench_dpo
+# and bench_generate (released size), each under its own time limit and all together under
+# GPU_BENCH_BUDGET_S (default 515 s, so the run stays under 9 min on an H100). bench_planner is CPU-only:
+# scripts/cpu_bench.sh runs it.
 # Results merge into RESULTS_DIR/<date>-<device>.json; benchmarks/report.py writes the Markdown summary next
 # to it (and plots where matplotlib is installed); a short table is printed last. A failed, timed-out or
 # unreached step makes the exit status 1; the other steps still run. Logs: RESULTS_DIR/<step>.log.
@@ -40,6 +41,10 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 # gpu_session.sh has gpu_check.sh run the kernel benchmarks into the same file (GPU_BENCH_SKIP_KERNELS=1)
 [[ "${GPU_BENCH_SKIP_KERNELS:-0}" == "1" ]] || step bench_kernels 110 "$PY" benchmarks/bench_kernels.py --out "$OUT" --rep-ms 100
 step bench_preprocess 40 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
+# the whole perceiver resampler fwd+bwd vs the original algorithm (issue #4's >= 3x target), 40 tiles:
+# estimated 20-30 s (import, Triton compile, 3 rows x 2 sides x 100 ms do_bench); not yet run on a GPU
+step bench_perceiver 45 "$PY" benchmarks/bench_perceiver.py --size released --device cuda --images 8 --rep-ms 100 \
+  --out "$OUT"
 step bench_sft_step 150 "$PY" benchmarks/bench_sft_step.py --size released --device cuda --samples 16 \
   --repeats 3 --warmup 1 --out "$OUT"
 step bench_dpo 90 "$PY" benchmarks/bench_dpo.py --size released --device cuda --checkpointing --repeats 3 \
