@@ -81,10 +81,6 @@ def build_resampler(size: str, device: str, dtype: torch.dtype, seed: int = 0) -
     with torch.device(device):
         r = PerceiverResampler(s["dim"], s["out_dim"], s["perceiver"])
     init_random_weights(r, seed=seed)
-    with torch.no_grad():  # init_random_weights takes the FF LayerNorm (`layers.i.1.0`) for a matrix: ~0.02
-        g = torch.Generator(device="cpu").manual_seed(seed + 1)
-        for _, ff in r.layers:
-            ff[0].weight.copy_(1.0 + 0.1 * torch.randn(ff[0].weight.shape, generator=g))
     return r.to(device, dtype).train()
 
 

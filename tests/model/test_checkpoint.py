@@ -181,3 +181,13 @@ def test_config_round_trip():
     for name in ("tiny", "tiny_wide", "xgenmm_phi3_mini"):
         c = XGenMMConfig.resolve(name)
         assert XGenMMConfig.from_hf_dict(c.to_hf_dict()).to_hf_dict() == c.to_hf_dict()
+
+
+def test_random_init_gives_every_norm_a_scale_near_one():
+    """Norm weights by module type: the perceiver FF's LayerNorm (`layers.{i}.1.0`) has no "norm" in its name."""
+    from xgenmm_fast.model.phi3 import RMSNorm
+    model = tiny_model()
+    norms = [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.LayerNorm, RMSNorm))]
+    assert any(n.endswith(".1.0") for n, _ in norms)
+    for name, mod in norms:
+        assert abs(mod.weight.float().mean().item() - 1.0) < 0.2, name

@@ -12,9 +12,14 @@ def init_random_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> n
     # (on the CPU the values are the same as ever)
     device = next(model.parameters(), torch.empty(0)).device
     gen = torch.Generator(device=device).manual_seed(seed)
+    # norms by module type, not only by name: the perceiver's FF LayerNorm is `layers.{i}.1.0` (SPEC keys)
+    norm_params = {f"{mod_name}.{leaf}" if mod_name else leaf
+                   for mod_name, mod in model.named_modules() if type(mod).__name__.endswith("Norm")
+                   or isinstance(mod, (nn.LayerNorm, nn.GroupNorm))
+                   for leaf, _ in mod.named_parameters(recurse=False)}
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
-        is_norm = any(s in name for s in ("norm", "layernorm", "layer_norm"))
+        is_norm = name in norm_params or any(s in name for s in ("norm", "layernorm", "layer_norm"))
         if is_norm and leaf == "weight":
             vals = 1.0 + 0.1 * torch.randn(p.shape, generator=gen, device=device)
         elif leaf == "bias":
