@@ -22,7 +22,7 @@ Inputs: `--images` images x 5 tiles (anyres base tile + a 2x2 grid) = N tiles of
 27 x 27 at the released size), random normal features; the anyres-style mask of bench_kernels: each
 image's 4 grid tiles lose 15% of their tokens at each end (padding of a ~1000x700 image), the base tile
 none (24% of the tokens masked overall). bf16 on CUDA, fp32 on the CPU. Random weights
-(xgenmm_fast.model.init, the FF LayerNorm scales then set near 1 as the other norms).
+(xgenmm_fast.model.init: norm scales near 1).
 
 Rows (common format, benchmarks/README.md), each: median ms per side (`rate`: tiles/s), speedup =
 baseline ms / ours ms, peak memory of one call above what was allocated before it (CUDA: max allocated;
