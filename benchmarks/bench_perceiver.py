@@ -36,6 +36,8 @@ Timing: CUDA triton.testing.do_bench (median, `--rep-ms`), CPU the interleaved m
 after `--warmup` (runs.bench_perceiver records torch's thread count and the load average: on a shared 2-core
 machine the tiny size, a few ms per call, swings several-fold with other jobs' load; use more repeats or
 `--threads 1` there).
+--profile adds runs.bench_perceiver.profile_ours_fwd_bwd_frozen_vision: torch.profiler over ours, kernel
+time grouped (matmul, perceiver attention, layer_norm, gelu, elementwise) and the top kernels.
 extra: the forward GFLOP of each side (matmuls; the baseline's work on masked tokens included) and the
 largest difference between the two outputs (a correctness check).
 """
@@ -191,6 +193,47 @@ def no_grad(run):
     return step
 
 
+PROFILE_GROUPS = [  # (group, substrings of the kernel / op name), first match wins
+    ("perceiver attention", ("perceiver",)),
+    ("matmul", ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul", "wgmma", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("layer_norm", ("layer_norm",)),
+    ("gelu", ("gelu",)),
+    ("softmax / masking (reference attention)", ("softmax", "masked_fill", "amax")),
+    ("elementwise / copies / reductions", ("elementwise", "copy", "reduce", "fill", "cat", "index", "gather",
+                                            "scatter", "memcpy", "memset", "aten::add", "aten::mul", "aten::sum")),
+]
+
+
+def profile_ours(step, device: str, calls: int = 3) -> dict:
+    """torch.profiler over `calls` calls of ours: kernel time by group and the top 15 kernels (the split
+    that decides what to fuse next, e.g. the FF block's LayerNorm and GELU)."""
+    from torch.profiler import ProfilerActivity, profile
+    step()  # warm
+    acts = [ProfilerActivity.CUDA] if device == "cuda" else [ProfilerActivity.CPU]
+    with profile(activities=acts) as prof:
+        for _ in range(calls):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    times: dict[str, float] = {}
+    for ev in prof.key_averages():
+        us = ev.self_device_time_total if device == "cuda" else ev.self_cpu_time_total
+        if us > 0 and not ev.key.startswith("ProfilerStep"):
+            times[ev.key] = times.get(ev.key, 0.0) + us / 1e3 / calls
+    total = sum(times.values()) or 1.0
+    groups: dict[str, float] = {}
+    for name, ms in times.items():
+        low = name.lower()
+        group = next((g for g, keys in PROFILE_GROUPS if any(k in low for k in keys)), "other")
+        groups[group] = groups.get(group, 0.0) + ms
+    top = sorted(times.items(), key=lambda kv: -kv[1])[:15]
+    return {"ms_per_call": round_sig(total, 4), "calls": calls,
+            "what": "self device time per kernel (CUDA) or self CPU time per op (CPU), per call",
+            "groups": {g: {"ms": round_sig(ms, 4), "frac": round_sig(ms / total, 3)}
+                       for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top": [{"name": n[:120], "ms": round_sig(ms, 4), "frac": round_sig(ms / total, 3)} for n, ms in top]}
+
+
 def timed_side(value_ms: float, impl: str, tiles: int) -> dict:
     return {"value": value_ms, "unit": "ms", "impl": impl,
             "rate": {"value": round_sig(tiles / (value_ms / 1e3), 4), "unit": "tiles/s"}}
@@ -269,10 +312,16 @@ def run(args) -> tuple[list[dict], dict]:
                                peak_memory_gb={"ours": peaks["ours"], "baseline": peaks["baseline"], "how": how},
                                extra=extra))
         media.requires_grad_(False)
+        profile = None
+        if args.profile:
+            profile = profile_ours(fwd_bwd(resampler, media, ours_call, cot), device)
+            for p in resampler.parameters():
+                p.grad = None
     run_info = {"device": device, "dtype": dt, "size": args.size, "images": args.images, "smoke": args.smoke,
                 "repeats": args.repeats, "warmup": args.warmup, "rep_ms": args.rep_ms if device == "cuda" else None,
                 "timer": "triton.testing.do_bench (median)" if device == "cuda" else "interleaved median (CPU)",
                 "ops_backends": ops, "torch_threads": torch.get_num_threads(),
+                "profile_ours_fwd_bwd_frozen_vision": profile,
                 "load_average_1min_at_start": args.load_average,
                 "note": f"ours runs {ops_text} ops; output max |ours - baseline| = {max_diff:.3g} "
                         f"(relative {rel_diff:.2g})"}
@@ -291,6 +340,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (torch.set_num_threads; default torch's own choice)")
     p.add_argument("--smoke", action="store_true", help="tiny size on the CPU, 2 images, few repeats: does it run")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile ours (fwd+bwd, frozen vision): kernel time by group in runs.bench_perceiver")
     add_output_args(p)
     args = p.parse_args(argv)
     if args.images < 1:
@@ -311,6 +362,10 @@ def main(argv=None) -> int:
         print(f"{r['name']:42s} {r['ours']['value']:10.4g} {r['baseline']['value']:10.4g} {r['speedup']:8.2f} "
               f"{r['ours']['rate']['value']:13.4g} {pm['ours']:8.3g} / {pm['baseline']:<8.3g}", file=sys.stderr)
     print(f"({run_info['note']})", file=sys.stderr)
+    prof = run_info["profile_ours_fwd_bwd_frozen_vision"]
+    if prof:
+        print(f"ours fwd+bwd (frozen vision), {prof['ms_per_call']} ms per call by group: " + ", ".join(
+            f"{g} {100 * v['frac']:.0f}%" for g, v in prof["groups"].items()), file=sys.stderr)
     emit(args, rows, "bench_perceiver", run_info)
     return 1 if any("error" in r for r in rows) else 0
 

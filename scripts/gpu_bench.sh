@@ -43,7 +43,7 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 step bench_preprocess 40 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
 # the whole perceiver resampler fwd+bwd vs the original algorithm (issue #4's >= 3x target), 40 tiles:
 # estimated 20-30 s (import, Triton compile, 3 rows x 2 sides x 100 ms do_bench); not yet run on a GPU
-step bench_perceiver 45 "$PY" benchmarks/bench_perceiver.py --size released --device cuda --images 8 --rep-ms 100 \
+step bench_perceiver 45 "$PY" benchmarks/bench_perceiver.py --size released --device cuda --images 8 --rep-ms 100 --profile \
   --out "$OUT"
 step bench_sft_step 150 "$PY" benchmarks/bench_sft_step.py --size released --device cuda --samples 16 \
   --repeats 3 --warmup 1 --out "$OUT"

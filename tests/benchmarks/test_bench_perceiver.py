@@ -24,10 +24,13 @@ def test_smoke_writes_the_rows_in_the_common_format(tmp_path):
     from xgenmm_fast.ops import dispatch
     before = {op: dispatch.choose(op).name for op in dispatch.report()}
     out = tmp_path / "perc.json"
-    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    assert bench.main(["--smoke", "--profile", "--out", str(out)]) == 0
     assert {op: dispatch.choose(op).name for op in dispatch.report()} == before  # forcing undone
     doc = common.load(str(out))  # validates the schema and every speedup against its sides
     assert set(doc["runs"]) == {"bench_perceiver"}
+    prof = doc["runs"]["bench_perceiver"]["profile_ours_fwd_bwd_frozen_vision"]
+    assert prof["ms_per_call"] > 0 and prof["top"] and "matmul" in prof["groups"]
+    assert abs(sum(g["frac"] for g in prof["groups"].values()) - 1) < 0.01
     rows = {r["name"]: r for r in doc["results"]}
     assert set(rows) == set(ROWS)
     for r in rows.values():
