@@ -3,19 +3,15 @@ format, and its baseline (benchmarks/_original_perceiver.py) computes the same f
 PerceiverResampler, forward and gradients, so that its speedups compare like with like. CPU, seconds."""
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BENCH = os.path.join(ROOT, "benchmarks")
-sys.path.insert(0, BENCH)
-common = importlib.import_module("_common")
-bench = importlib.import_module("bench_perceiver")
-original = importlib.import_module("_original_perceiver")
+from ._bench import load
+
+common = load("_common")
+bench = load("bench_perceiver")
+original = load("_original_perceiver")
 
 ROWS = ("perceiver_module_fwd_bwd/frozen_vision", "perceiver_module_fwd_bwd/vision_grad", "perceiver_module_fwd")
 

@@ -5,7 +5,6 @@ liger_kernel imports; the ZeRO-2 step runs once, end to end, in a subprocess whe
 10 s; DeepSpeed's CPU accelerator JIT-builds its shared-memory comm op on its first use on a machine)."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -14,12 +13,11 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BENCH = os.path.join(ROOT, "benchmarks")
-sys.path.insert(0, BENCH)
-common = importlib.import_module("_common")
-sft = importlib.import_module("bench_sft_step")
-kernels = importlib.import_module("bench_kernels")
+from ._bench import BENCH, ROOT, load
+
+common = load("_common")
+sft = load("bench_sft_step")
+kernels = load("bench_kernels")
 
 CONFIG = {"size": "tiny", "device": "cpu", "samples_per_step": 8}
 

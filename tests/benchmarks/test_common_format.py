@@ -13,10 +13,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BENCH = os.path.join(ROOT, "benchmarks")
-sys.path.insert(0, BENCH)
-common = importlib.import_module("_common")  # the bench scripts import it under this name too
+from ._bench import BENCH, ROOT, load
+
+common = load("_common")  # the bench scripts import it under this name too
 _spec = importlib.util.spec_from_file_location("bench_report", os.path.join(BENCH, "report.py"))
 report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(report)

@@ -28,6 +28,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
+from ._flash import online_softmax_step
 from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
@@ -57,13 +58,7 @@ def _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d,
             if HAS_WINDOW:
                 visible = visible & (offs_m[:, None] + off - cols[None, :] < window)
             qk = tl.where(visible, qk, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-        p = tl.exp2(qk - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(qk, v, acc, m_i, l_i, PRECISION)
     return acc, m_i, l_i
 
 

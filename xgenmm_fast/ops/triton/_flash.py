@@ -1,0 +1,19 @@
+"""Device functions shared by the flash-style attention kernels (varlen LM attention, perceiver)."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def online_softmax_step(qk, v, acc, m_i, l_i, PRECISION: tl.constexpr):
+    """Fold one key tile into the running softmax: qk (BLOCK_M, BLOCK_N) scores in the log2 domain, masked
+    keys at -inf; v (BLOCK_N, BLOCK_D). A row whose keys so far are all masked keeps m_i = -inf and
+    l_i = 0 (its exp2 offsets are taken against 0 instead of -inf: no NaN)."""
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+    m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+    p = tl.exp2(qk - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, m_new, l_i
