@@ -5,7 +5,11 @@ input read once, each output written once), the fraction of the peak MEASURED in
 bf16 matmul for TFLOP/s, a large device-to-device copy, read + write, for GB/s), and the speedup over the
 baseline (the op's reference). Attention also gets a library row, the first present of: flash-attn's
 flash_attn_varlen_func, torch's torch.nn.attention.varlen.varlen_attn (both with the sliding window), SDPA's
-flash backend per sequence (no window: `sdpa_flash_per_seq_causal_no_window`, causal only).
+flash backend per sequence (no window: `sdpa_flash_per_seq_causal_no_window`, causal only). Three rows
+check issue #4's attention targets against SDPA's flash backend (causal, no window on either side):
+`varlen_attn_fwd_bwd/equal_length` (8 x 2048, SDPA batched), `varlen_attn_fwd_bwd/vs_padded_sdpa` (the
+length mix, SDPA on the batch padded to its longest; both rates count the unpadded work) and
+`varlen_attn_fwd/4k` (4 x 4096: ours' fraction of the matmul peak).
 
   python benchmarks/bench_kernels.py --results-dir benchmarks/results    # GPU
   python benchmarks/bench_kernels.py --out results/kernels.json          # GPU, to a given file
@@ -213,6 +217,48 @@ def cases(device: str, dtype: torch.dtype, smoke: bool):
                                      [qv, kv, vv])),
            None if library is None else (library[0], _fwd_bwd(library[1], [qv, kv, vv])), 3.5 * causal_flops, None)
 
+    # the #4 attention targets against torch SDPA's flash backend (causal, no window: SDPA has none):
+    # equal lengths (ours packed, SDPA batched; target >= 0.9x), the mix above padded to its longest for SDPA
+    # (valid rows of a right-padded causal batch see only valid keys; target >= 1.5x), and the forward at 4k
+    # tokens per sequence (target >= 45% of the matmul peak)
+    def sdpa_causal(a, b, c):
+        if device != "cuda":
+            return torch.nn.functional.scaled_dot_product_attention(a, b, c, is_causal=True)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(a, b, c, is_causal=True)
+
+    def sdpa_case(seq_lens, pad_to):
+        """Packed (T, H, D) leaves for ours, padded (B, H, pad_to, D) leaves for SDPA, cu, causal FLOPs."""
+        cu_s = torch.tensor([0] + torch.tensor(seq_lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+        packed = [torch.randn(int(cu_s[-1]), H, D, **dev, requires_grad=True) for _ in range(3)]
+        padded = [torch.randn(len(seq_lens), H, pad_to, D, **dev, requires_grad=True) for _ in range(3)]
+        return packed, padded, cu_s, sum(4 * n * (n + 1) / 2 * H * D for n in seq_lens)
+
+    eq_lens = [48] * 2 if smoke else [2048] * 8
+    (pq, pk, pv), (sq, sk, sv), cu_eq, eq_flops = sdpa_case(eq_lens, max(eq_lens))
+    yield ("varlen_attn_fwd_bwd/equal_length", {"seqlens": eq_lens if smoke else "8x2048", "heads": H,
+                                                "head_dim": D, "window": None, "target": ">= 0.9x SDPA flash"},
+           _fwd_bwd(lambda: varlen_attention_triton(pq, pk, pv, cu_eq, max_seqlen=max(eq_lens)), [pq, pk, pv]),
+           ("sdpa_flash_batched", _fwd_bwd(lambda: sdpa_causal(sq, sk, sv), [sq, sk, sv])), None,
+           3.5 * eq_flops, None)
+    del pq, pk, pv, sq, sk, sv
+    (pq, pk, pv), (sq, sk, sv), cu_mix, mix_flops = sdpa_case(lens, max_len)
+    yield ("varlen_attn_fwd_bwd/vs_padded_sdpa", {"seqlens": cfg["seqlens"], "heads": H, "head_dim": D,
+                                                  "window": None, "padded_to": max_len,
+                                                  "target": ">= 1.5x SDPA flash on the padded batch"},
+           _fwd_bwd(lambda: varlen_attention_triton(pq, pk, pv, cu_mix, max_seqlen=max_len), [pq, pk, pv]),
+           ("sdpa_flash_padded", _fwd_bwd(lambda: sdpa_causal(sq, sk, sv), [sq, sk, sv])), None,
+           3.5 * mix_flops, None)  # useful (unpadded) FLOPs on both sides
+    del pq, pk, pv, sq, sk, sv
+    long_lens = [64] * 2 if smoke else [4096] * 4
+    (pq, pk, pv), (sq, sk, sv), cu_long, long_flops = sdpa_case(long_lens, max(long_lens))
+    yield ("varlen_attn_fwd/4k", {"seqlens": long_lens if smoke else "4x4096", "heads": H, "head_dim": D,
+                                  "window": None, "target": "ours >= 45% of the matmul peak"},
+           lambda: varlen_attention_triton(pq, pk, pv, cu_long, max_seqlen=max(long_lens)),
+           ("sdpa_flash_batched", lambda: sdpa_causal(sq, sk, sv)), None, long_flops, None)
+    del pq, pk, pv, sq, sk, sv
+
     # perceiver at the released size: 8 images x 5 tiles, 16 heads, 128 latents, 729 media tokens, head dim
     # 96; each image's 4 grid tiles lose 15% of their tokens at each end to anyres padding at both ends (as a ~1000x700
     # image does, ~30% of a grid tile), its base tile none
@@ -307,18 +353,18 @@ def main(argv=None):
     print(f"device={torch.cuda.get_device_name() if HAS_CUDA else 'cpu (triton interpreter)'} dtype={dt} "
           f"peak: {peak['matmul_tflops']:.1f} TFLOP/s matmul, {peak['copy_gbps']:.0f} GB/s copy")
     lib_speedup = {r["name"][: -len("/vs_library")]: r for r in results if r["name"].endswith("/vs_library")}
-    print(f"{'kernel':26s} {'ours ms':>9s} {'rate':>13s} {'%peak':>6s} {'base ms':>9s} {'speedup':>8s} {'lib x':>6s}")
-    for r in results:  # one line per kernel (scripts/gpu_check.sh shows the last 14 lines)
+    print(f"{'kernel':36s} {'ours ms':>9s} {'rate':>13s} {'%peak':>6s} {'base ms':>9s} {'speedup':>8s} {'lib x':>6s}")
+    for r in results:  # one line per kernel (scripts/gpu_check.sh shows the last 18 lines)
         if r["name"].endswith("/vs_library"):
             continue
         if "error" in r:
-            print(f"{r['name']:26s} ERROR {r['error'][:80]}")
+            print(f"{r['name']:36s} ERROR {r['error'][:80]}")
             continue
         o = r["ours"]
         rt = f"{o['rate']['value']:.1f} {o['rate']['unit']}" if "rate" in o else ""
         lib = lib_speedup.get(r["name"])
         lib = f"{lib['speedup']:.2f}" if lib and lib.get("speedup") is not None else "-"
-        print(f"{r['name']:26s} {o['value']:9.3f} {rt:>13s} {100 * o.get('frac_peak', 0):5.1f}% "
+        print(f"{r['name']:36s} {o['value']:9.3f} {rt:>13s} {100 * o.get('frac_peak', 0):5.1f}% "
               f"{r['baseline']['value']:9.3f} {r['speedup']:8.2f} {lib:>6s}")
     return 1 if any("error" in r for r in results) else 0
 

@@ -35,5 +35,5 @@ step bench_kernels 90 "$PY" benchmarks/bench_kernels.py --out "${GPU_BENCH_OUT:-
 echo "== total $(( $(date +%s) - START ))s; steps:"; cat "$RESULTS/steps.jsonl"
 echo "== pytest tests/kernels on CUDA:"; tail -n 3 "$RESULTS/pytest_kernels.log"
 echo "== pytest tests/model on CUDA:"; tail -n 2 "$RESULTS/pytest_model.log"
-echo "== kernel benchmarks:"; tail -n 14 "$RESULTS/bench_kernels.log"
+echo "== kernel benchmarks:"; tail -n 18 "$RESULTS/bench_kernels.log"
 exit $status
