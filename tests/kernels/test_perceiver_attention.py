@@ -19,6 +19,7 @@ CASES = [
     (1, 2, 17, 3, 96, None),        # head dim 96, no mask
     (3, 1, 1, 1, 16, "random"),     # a single latent and a single media token
     (2, 2, 16, 40, 64, "padding"),  # masked rows at both ends, as anyres padding does
+    (2, 2, 16, 32, 32, None),       # no mask, key counts at tile multiples: unmasked tiles only
 ]
 
 

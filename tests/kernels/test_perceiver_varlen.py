@@ -46,6 +46,7 @@ CASES = [
     (1, 1, 16, [1]),             # one latent, one media key
     (2, 3, 32, [0, 0]),          # no media key anywhere: latents only
     (5, 7, 40, "random"),        # random counts from the test's seed (0 and 1 forced in)
+    (2, 16, 32, [32, 16, 48]),   # key counts at tile multiples: full tiles only (no masked tile at all)
 ]
 
 

@@ -27,20 +27,40 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _fwd_source(q, acc, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d, dmask,
-                HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_tiles(q, acc, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d, dmask,
+               tile_lo, tile_hi, MASKED: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_N: tl.constexpr):
     offs_n = tl.arange(0, BLOCK_N)
-    for start_n in range(0, n_keys, BLOCK_N):
+    for start_n in range(tile_lo, tile_hi, BLOCK_N):
         cols = start_n + offs_n
-        kvmask = (cols[:, None] < n_keys) & dmask
+        if MASKED:
+            kvmask = (cols[:, None] < n_keys) & dmask
+        else:
+            kvmask = dmask
         k = tl.load(KB + cols[:, None].to(tl.int64) * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
         v = tl.load(VB + cols[:, None].to(tl.int64) * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        visible = cols < n_keys
-        if HAS_MASK:
-            visible = visible & (tl.load(MASKB + cols, mask=cols < n_keys, other=0) != 0)
-        qk = tl.where(visible[None, :], qk, -float("inf"))
+        if MASKED:
+            visible = cols < n_keys
+            if HAS_MASK:
+                visible = visible & (tl.load(MASKB + cols, mask=cols < n_keys, other=0) != 0)
+            qk = tl.where(visible[None, :], qk, -float("inf"))
         acc, m_i, l_i = online_softmax_step(qk, v, acc, m_i, l_i, PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _fwd_source(q, acc, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d, dmask,
+                HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax over one key source's n_keys rows. Without a token mask, only the last, partial tile
+    computes a mask (the full tiles are all visible)."""
+    n_full = 0
+    if not HAS_MASK:
+        n_full = (n_keys // BLOCK_N) * BLOCK_N
+    acc, m_i, l_i = _fwd_tiles(q, acc, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d,
+                               dmask, 0, n_full, False, HAS_MASK, PRECISION, BLOCK_N)
+    acc, m_i, l_i = _fwd_tiles(q, acc, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d,
+                               dmask, n_full, n_keys, True, HAS_MASK, PRECISION, BLOCK_N)
     return acc, m_i, l_i
 
 
@@ -85,10 +105,10 @@ def _dq_source(q, do, lse, delta, dq, KB, VB, MASKB, stride_kt, stride_vt, n_key
         k = tl.load(KB + cols[:, None].to(tl.int64) * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
         v = tl.load(VB + cols[:, None].to(tl.int64) * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        visible = cols < n_keys
-        if HAS_MASK:
-            visible = visible & (tl.load(MASKB + cols, mask=cols < n_keys, other=0) != 0)
-        p = tl.where(visible[None, :], tl.exp2(qk - lse[:, None]), 0.0)
+        p = tl.exp2(qk - lse[:, None])
+        if HAS_MASK:  # (keys past n_keys need no mask: their k = v = 0 add ds · k = 0 to dq)
+            visible = (cols < n_keys) & (tl.load(MASKB + cols, mask=cols < n_keys, other=0) != 0)
+            p = tl.where(visible[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -151,7 +171,9 @@ def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, MASKB, b, h, start_n, n_keys,
         lse = tl.load(LSE + (b * H + h) * L + rows, mask=rows < L, other=float("inf"))
         delta = tl.load(DELTA + (b * H + h) * L + rows, mask=rows < L, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        p = tl.where(visible[None, :], tl.exp2(qk - lse[:, None]), 0.0)
+        p = tl.exp2(qk - lse[:, None])  # rows past L load lse = +inf: p = 0 there
+        if HAS_MASK:  # (keys past n_keys are never stored: only the token mask matters)
+            p = tl.where(visible[None, :], p, 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
