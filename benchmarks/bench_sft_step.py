@@ -341,7 +341,7 @@ def model_flops(cfg: XGenMMConfig, lm_seq_lens: list[int], chunks: int, tiles: i
     p_perc = p.depth * (D * inner * 4 + 2 * D * D * p.ff_mult) + D * t.hidden_size
     g2 = v.num_patches
     perc = 6 * p_perc * chunks * p.num_latents + 12 * p.depth * inner * chunks * p.num_latents * (g2 + p.num_latents) \
-        + 6 * p.depth * 2 * D * inner * chunks * g2  # to_kv over the media tokens
+        + 4 * p.depth * 2 * D * inner * chunks * g2  # to_kv over the (frozen) media: forward + weight grad
     p_vis = v.num_hidden_layers * (4 * D * D + 2 * D * v.intermediate_size)
     vis = 2 * p_vis * tiles * g2 + 4 * v.num_hidden_layers * D * tiles * g2 * g2
     return lm + perc + vis
