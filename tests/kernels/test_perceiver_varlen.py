@@ -143,3 +143,40 @@ def test_torch_compile_over_perceiver_varlen(seed):
     compiled = torch.compile(f, fullgraph=True)(*args)
     compiled.backward()
     assert abs(eager.item() - compiled.item()) <= 1e-3 * abs(eager.item()) + 1e-2
+
+
+@pytest.mark.parametrize("blocks", [(32, 16), (16, 32)])
+def test_unequal_tiles_varlen_and_masked(blocks, monkeypatch, seed):
+    """The GPU's backward tiles are unequal (dK/dV 32 x 64, dQ 64 x 32): the same under the interpreter, fp32."""
+    if DEVICE == "cuda":
+        pytest.skip("interpreter tile sizes only")
+    from xgenmm_fast.ops.triton import perceiver_attention as pa
+    from xgenmm_fast.ops.triton.perceiver_attention import perceiver_attention_triton
+    monkeypatch.setattr(pa, "INTERPRET_BLOCKS", blocks)
+    counts = [45, 0, 33, 64]
+    N, H, L, D, T = len(counts), 2, 40, 24, sum(counts)
+    cu = _cu(counts)
+    q, km, vm, kl, vl = _inputs(N, H, L, T, D, torch.float32)
+    o = perceiver_attention_varlen_triton(q, km, vm, cu, kl, vl, D ** -0.5)
+    do = torch.randn(o.shape)
+    o.backward(do)
+    ins64 = as64(q, km, vm, kl, vl)
+    ref = loop_reference(ins64[0], ins64[1], ins64[2], cu, ins64[3], ins64[4], D ** -0.5)
+    ref.backward(do.double())
+    check("perceiver_varlen_fwd", [o], [ref], TOL[torch.float32])
+    check("perceiver_varlen_bwd", [t.grad for t in (q, km, vm, kl, vl)], [t.grad for t in ins64],
+          TOL_ATTN_BWD[torch.float32], GRAD_FLOOR)
+    # the masked kernel on the same keys laid out (N, H, M, D) with a mask
+    M = max(counts)
+    mask = torch.zeros(N, M, dtype=torch.long)
+    km_p, vm_p = (torch.zeros(N, H, M, D) for _ in range(2))
+    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        mask[n, : e - s] = 1
+        km_p[n, :, : e - s] = km.detach()[s:e].transpose(0, 1)
+        vm_p[n, :, : e - s] = vm.detach()[s:e].transpose(0, 1)
+    qm, klm, vlm = (t.detach().clone().requires_grad_() for t in (q, kl, vl))
+    om = perceiver_attention_triton(qm, km_p.requires_grad_(), vm_p.requires_grad_(), klm, vlm, mask, D ** -0.5)
+    om.backward(do)
+    check("perceiver_masked_fwd", [om], [ref], TOL[torch.float32])
+    check("perceiver_masked_bwd", [qm.grad, klm.grad, vlm.grad], [ins64[0].grad, ins64[3].grad, ins64[4].grad],
+          TOL_ATTN_BWD[torch.float32], GRAD_FLOOR)

@@ -211,13 +211,23 @@ def _perceiver_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, KL, VL, DKM, DVM, DKL,
                     False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
 
 
-def _cfg(D: int, backward: bool) -> dict:
+# (BLOCK_M, BLOCK_N) under the interpreter; tests also set unequal sizes (the GPU's backward tiles are)
+INTERPRET_BLOCKS = (16, 16)
+
+
+def _cfg(D: int, kernel: str) -> dict:
+    """Tile sizes and launch options per kernel ("fwd", "dkdv", "dq"; shared with perceiver_varlen.py).
+    On the GPU, tiles that compile for sm_90 without register spills at bf16, head dim 96
+    (scripts/triton_sm90_check.py: the former 64 x 64 tiles spilled 130-470 bytes per thread)."""
     block_d = max(16, next_pow2(D))
     if interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=1, num_stages=1)
-    if backward:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
+        bm, bn = INTERPRET_BLOCKS
+        return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=1, num_stages=1)
+    if kernel == "dkdv":  # BLOCK_N keys owned by a program, BLOCK_M the query tile it loops over
+        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    if kernel == "dq":
+        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -244,7 +254,7 @@ def perceiver_attn_fwd(q: torch.Tensor, k_media: torch.Tensor, v_media: torch.Te
     lse = torch.empty((N, H, L), dtype=torch.float32, device=q.device)
     if N == 0 or H == 0 or L == 0:
         return o, lse
-    c = _cfg(D, backward=False)
+    c = _cfg(D, "fwd")
     wrap_triton(_perceiver_fwd_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](
         q, k_media, v_media, k_latent, v_latent, media_mask, o, lse,
         *_s(q), *_s(k_media), *_s(v_media), *_s(k_latent), *_s(v_latent), *_s(o), media_mask.stride(0),
@@ -269,18 +279,19 @@ def perceiver_attn_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tensor,
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta = (do.float() * o.float()).sum(-1).contiguous()  # (N, H, L)
-    c = _cfg(D, backward=True)
-    common = dict(HAS_MASK=has_mask, PRECISION=_precision(q.dtype), **c)
+    common = dict(HAS_MASK=has_mask, PRECISION=_precision(q.dtype))
+    c = _cfg(D, "dq")
     wrap_triton(_perceiver_bwd_dq_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](
         q, k_media, v_media, k_latent, v_latent, media_mask, do, lse, delta, dq,
         *_s(q), *_s(k_media), *_s(v_media), *_s(k_latent), *_s(v_latent), *_s(do), *_s(dq), media_mask.stride(0),
-        H, L, M, D, scale * LOG2E, scale, **common)
+        H, L, M, D, scale * LOG2E, scale, **common, **c)
+    c = _cfg(D, "dkdv")
     n_media_blocks = triton.cdiv(M, c["BLOCK_N"])
     wrap_triton(_perceiver_bwd_dkdv_kernel)[(n_media_blocks + triton.cdiv(L, c["BLOCK_N"]), N, H)](
         q, do, lse, delta, k_media, v_media, k_latent, v_latent, dkm, dvm, dkl, dvl, media_mask,
         *_s(q), *_s(do), *_s(k_media), *_s(v_media), *_s(k_latent), *_s(v_latent),
         *_s(dkm), *_s(dvm), *_s(dkl), *_s(dvl), media_mask.stride(0),
-        H, L, M, D, n_media_blocks, scale * LOG2E, scale, **common)
+        H, L, M, D, n_media_blocks, scale * LOG2E, scale, **common, **c)
     return dq, dkm, dvm, dkl, dvl
 
 

@@ -135,7 +135,7 @@ def perceiver_varlen_fwd(q: torch.Tensor, k_media: torch.Tensor, v_media: torch.
     lse = torch.empty((N, H, L), dtype=torch.float32, device=q.device)
     if N == 0 or H == 0 or L == 0:
         return o, lse
-    c = _cfg(D, backward=False)
+    c = _cfg(D, "fwd")
     wrap_triton(_perceiver_varlen_fwd_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](
         q, k_media, v_media, cu_media, k_latent, v_latent, o, lse,
         *_s(q), *_s_packed(k_media), *_s_packed(v_media), *_s(k_latent), *_s(v_latent), *_s(o),
@@ -159,18 +159,19 @@ def perceiver_varlen_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tenso
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta = (do.float() * o.float()).sum(-1).contiguous()  # (N, H, L)
-    c = _cfg(D, backward=True)
-    common = dict(PRECISION=_precision(q.dtype), **c)
+    common = dict(PRECISION=_precision(q.dtype))
+    c = _cfg(D, "dq")
     wrap_triton(_perceiver_varlen_bwd_dq_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](
         q, k_media, v_media, cu_media, k_latent, v_latent, do, lse, delta, dq,
         *_s(q), *_s_packed(k_media), *_s_packed(v_media), *_s(k_latent), *_s(v_latent), *_s(do), *_s(dq),
-        H, L, D, scale * LOG2E, scale, **common)
+        H, L, D, scale * LOG2E, scale, **common, **c)
+    c = _cfg(D, "dkdv")
     n_media_blocks = triton.cdiv(max_media, c["BLOCK_N"])
     wrap_triton(_perceiver_varlen_bwd_dkdv_kernel)[(n_media_blocks + triton.cdiv(L, c["BLOCK_N"]), N, H)](
         q, do, lse, delta, k_media, v_media, cu_media, k_latent, v_latent, dkm, dvm, dkl, dvl,
         *_s(q), *_s(do), *_s_packed(k_media), *_s_packed(v_media), *_s(k_latent), *_s(v_latent),
         *_s_packed(dkm), *_s_packed(dvm), *_s(dkl), *_s(dvl),
-        H, L, D, n_media_blocks, scale * LOG2E, scale, **common)
+        H, L, D, n_media_blocks, scale * LOG2E, scale, **common, **c)
     return dq, dkm, dvm, dkl, dvl
 
 

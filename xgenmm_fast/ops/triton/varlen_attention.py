@@ -326,14 +326,22 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
 INTERPRET_BLOCKS = (16, 16)
 
 
-def _cfg(D: int, backward: bool) -> dict:
-    """Tile sizes: small tiles under the interpreter (exercise several blocks cheaply); FA2-like on GPU."""
+def _cfg(D: int, kernel: str) -> dict:
+    """Tile sizes and launch options per kernel: "fwd", "fwd_window" (the forward with a sliding window),
+    "dkdv", "dq". Small tiles under the interpreter (exercise several blocks cheaply). On the GPU, the
+    largest tiles that compile for sm_90 without register spills at bf16 (scripts/triton_sm90_check.py
+    reads registers and spills from the cubin; FA2-like 64 x 64 backward tiles spilled 90-420 bytes per
+    thread at head dim 96/128, the windowed 128 x 64 forward 72)."""
     block_d = max(16, next_pow2(D))
     if interpreting():
         bm, bn = INTERPRET_BLOCKS
         return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=1, num_stages=1)
-    if backward:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8, num_stages=2)
+    if kernel == "dkdv":  # BLOCK_N keys owned by a program, BLOCK_M the query tile it loops over
+        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    if kernel == "dq":
+        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    if kernel == "fwd_window" and block_d > 64:
+        return dict(BLOCK_M=128, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8, num_stages=3)
 
 
@@ -363,7 +371,7 @@ def varlen_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlen
     n_seq = cu_seqlens.shape[0] - 1
     if total == 0 or n_seq <= 0 or max_seqlen <= 0:
         return o, lse
-    c = _cfg(D, backward=False)
+    c = _cfg(D, "fwd_window" if window > 0 else "fwd")
     grid = (triton.cdiv(max_seqlen, c["BLOCK_M"]), n_seq, Hq)
     wrap_triton(_attn_fwd_kernel)[grid](
         q, k, v, o, lse, cu_seqlens, cu_seqlens, cu_seqlens,
@@ -388,18 +396,19 @@ def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
         return dq, dk, dv
     do = lastdim_contig(do)
     delta = (do.float() * o.float()).sum(-1).t().contiguous()  # (Hq, total)
-    c = _cfg(D, backward=True)
-    common = dict(CAUSAL=causal, HAS_WINDOW=window > 0, PRECISION=_precision(q.dtype), **c)
+    common = dict(CAUSAL=causal, HAS_WINDOW=window > 0, PRECISION=_precision(q.dtype))
+    c = _cfg(D, "dkdv")
     wrap_triton(_attn_bwd_dkdv_kernel)[(triton.cdiv(max_seqlen, c["BLOCK_N"]), n_seq, Hkv)](
         q, k, v, do, lse, delta, dk, dv, cu_seqlens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
-        scale * LOG2E, scale, window, Hq // Hkv, D, **common)
+        scale * LOG2E, scale, window, Hq // Hkv, D, **common, **c)
+    c = _cfg(D, "dq")
     wrap_triton(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen, c["BLOCK_M"]), n_seq, Hq)](
         q, k, v, do, lse, delta, dq, cu_seqlens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dq.stride(0), dq.stride(1), lse.stride(0),
-        scale * LOG2E, scale, window, Hq // Hkv, D, **common)
+        scale * LOG2E, scale, window, Hq // Hkv, D, **common, **c)
     return dq, dk, dv
 
 
@@ -447,7 +456,7 @@ def decode_attn_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     o = torch.empty((B, Hq, Tq, D), dtype=q.dtype, device=q.device)
     if B == 0 or Tq == 0:
         return o
-    c = _cfg(D, backward=False)
+    c = _cfg(D, "fwd")  # (few query rows: no spills with the window either, see _cfg)
     if not interpreting():
         c["BLOCK_M"] = max(16, min(c["BLOCK_M"], next_pow2(Tq)))
     grid = (triton.cdiv(Tq, c["BLOCK_M"]), B, Hq)
