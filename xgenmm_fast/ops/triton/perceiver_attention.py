@@ -20,7 +20,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_reference
-from ._flash import online_softmax_step
+from ._flash import BACKWARD_TILES, online_softmax_step
 from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
@@ -223,10 +223,8 @@ def _cfg(D: int, kernel: str) -> dict:
     if interpreting():
         bm, bn = INTERPRET_BLOCKS
         return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=1, num_stages=1)
-    if kernel == "dkdv":  # BLOCK_N keys owned by a program, BLOCK_M the query tile it loops over
-        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
-    if kernel == "dq":
-        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    if kernel in BACKWARD_TILES:
+        return dict(BACKWARD_TILES[kernel], BLOCK_D=block_d)
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
 
 
