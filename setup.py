@@ -94,6 +94,9 @@ setup(
     include_package_data=True,
     install_requires=[
         "torch",
+        # the Triton kernels (and their CPU tests through the interpreter, and scripts/triton_sm90_check.py);
+        # CPU torch wheels do not bring it. Linux only, as Triton's wheels.
+        "triton; platform_system == 'Linux'",
         "transformers",
         "safetensors",
         "pillow",
