@@ -30,7 +30,7 @@ step pytest_kernels 150 "$PY" -m pytest tests/kernels -q -rs -p no:cacheprovider
 step pytest_model 60 "$PY" -m pytest tests/model -m gpu -q -rs -p no:cacheprovider "${XDIST[@]}" \
   --junitxml="$RESULTS/pytest_model.xml"
 # GPU_BENCH_OUT (set by gpu_session.sh): merge the kernel rows into the suite's results file instead
-step bench_kernels 90 "$PY" benchmarks/bench_kernels.py --out "${GPU_BENCH_OUT:-$RESULTS/bench_kernels.json}" --rep-ms 100
+step bench_kernels 120 "$PY" benchmarks/bench_kernels.py --out "${GPU_BENCH_OUT:-$RESULTS/bench_kernels.json}" --rep-ms 100
 
 echo "== total $(( $(date +%s) - START ))s; steps:"; cat "$RESULTS/steps.jsonl"
 echo "== pytest tests/kernels on CUDA:"; tail -n 3 "$RESULTS/pytest_kernels.log"
