@@ -48,10 +48,4 @@ else
     --repeats 3 --out "$OUT"
 fi
 
-echo "== total $(( $(date +%s) - START ))s; steps:"; cat "$LOGS/steps.jsonl"
-if [[ -f "$OUT" ]]; then
-  timeout 60 "$PY" benchmarks/report.py "$OUT" --print || status=1
-else
-  echo "no results file: every benchmark step failed (see $LOGS)"; status=1
-fi
-exit $status
+finish_report "$OUT"

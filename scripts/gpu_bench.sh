@@ -51,10 +51,4 @@ step bench_dpo 90 "$PY" benchmarks/bench_dpo.py --size released --device cuda --
   --warmup 1 --out "$OUT"
 step bench_generate 90 "$PY" benchmarks/bench_generate.py --size released --device cuda --repeats 3 --out "$OUT"
 
-echo "== total $(( $(date +%s) - START ))s; steps:"; cat "$RESULTS/steps.jsonl"
-if [[ -f "$OUT" ]]; then
-  timeout 60 "$PY" benchmarks/report.py "$OUT" --print || status=1
-else
-  echo "no results file: every benchmark step failed (see the logs in $RESULTS)"; status=1
-fi
-exit $status
+finish_report "$OUT"

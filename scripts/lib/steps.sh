@@ -1,5 +1,6 @@
 # Sourced by the check/benchmark scripts (cpu_bench, gpu_bench, gpu_check, gpu_session): their common
-# start (script_setup) and named steps run under per-step caps and one overall deadline (step).
+# start (script_setup), named steps run under per-step caps and one overall deadline (step), and the
+# closing summary of the benchmark scripts (finish_report).
 #
 # script_setup ARGS...: with no argument or -h/--help, print the script's header comment and exit 2; else RESULTS = the absolute path of $1 (created), the working folder
 # becomes the repository root, PY = $PYTHON or python3, and this checkout goes first on PYTHONPATH.
@@ -46,4 +47,14 @@ step() {  # step NAME CAP_S CMD...
     tail -n 5 "$STEP_LOGS/$name.log" | sed 's/^/    /'
   fi
   return 0
+}
+
+finish_report() {  # finish_report RESULTS_JSON: the step summary, then report.py's table; exits with $status
+  echo "== total $(( $(date +%s) - START ))s; steps:"; cat "$STEP_LOGS/steps.jsonl"
+  if [[ -f "$1" ]]; then
+    timeout 60 "$PY" benchmarks/report.py "$1" --print || status=1
+  else
+    echo "no results file: every benchmark step failed (see the logs in $STEP_LOGS)"; status=1
+  fi
+  exit $status
 }
