@@ -82,6 +82,33 @@ def test_varlen_attention_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, 
           GRAD_FLOOR)
 
 
+@pytest.mark.parametrize("heavy_first", [True, False])
+@pytest.mark.parametrize("window", [None, 23])
+def test_varlen_attention_block_order(heavy_first, window, monkeypatch, seed):
+    """Causal query blocks launched last-first (the default) or in grid order: the same result, forward
+    and backward (the forward, dQ and decode kernels map program ids to blocks through _query_block)."""
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    monkeypatch.setattr(mod, "HEAVY_FIRST", heavy_first)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    lens = [300, 129, 7] if DEVICE == "cuda" else [70, 33, 7]  # several query blocks per sequence
+    q, k, v, cu = _pack(lens, 2, 1, 32, dtype)
+    o = varlen_attention_triton(q, k, v, cu, sliding_window=window)
+    do = torch.randn(o.shape).to(DEVICE, dtype)
+    o.backward(do)
+    q64, k64, v64 = as64(q, k, v)
+    ref = varlen_attention_reference(q64, k64, v64, cu.cpu(), sliding_window=window)
+    ref.backward(do.double().cpu())
+    check("varlen_fwd", [o], [ref], TOL[dtype])
+    check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[dtype], GRAD_FLOOR)
+    kc, vc = torch.randn(2, 1, 90, 32), torch.randn(2, 1, 90, 32)
+    qd = torch.randn(2, 2, 37, 32)
+    seqlens = torch.tensor([90, 41], dtype=torch.int32)
+    od = decode_attention_triton(*(leaf(t, dtype).detach() for t in (qd, kc, vc)), seqlens.to(DEVICE),
+                                 sliding_window=window)
+    check("decode", [od], [decode_attention_reference(*as64(qd, kc, vc), seqlens, sliding_window=window)],
+          TOL[dtype])
+
+
 @pytest.mark.parametrize("blocks", [(16, 16), (32, 16)])
 @pytest.mark.parametrize("window", [None, 21])
 def test_decode_attention_tile_ranges(blocks, window, monkeypatch, seed):

@@ -74,16 +74,26 @@ def _unmasked_tiles(lo, hi, full_lo, full_hi, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _query_block(HEAVY_FIRST: tl.constexpr):
+    """The query block of this program. Causal blocks late in a sequence see the most keys; the GPU starts
+    programs in grid order, so HEAVY_FIRST hands out the last blocks first and the short ones fill the
+    tail of the launch instead of a few long ones running alone."""
+    if HEAVY_FIRST:
+        return tl.num_programs(0) - 1 - tl.program_id(0)
+    return tl.program_id(0)
+
+
+@triton.jit
 def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
                      stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
                      stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh, stride_lse_h,
                      seqlen_q_fixed, qk_scale, window, GROUP, D,
                      CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, VARLEN: tl.constexpr,
-                     STORE_LSE: tl.constexpr, PRECISION: tl.constexpr,
+                     STORE_LSE: tl.constexpr, PRECISION: tl.constexpr, HEAVY_FIRST: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
-    pid_m = tl.program_id(0)
+    pid_m = _query_block(HEAVY_FIRST)
     b = tl.program_id(1)
     h = tl.program_id(2)
     hk = h // GROUP
@@ -272,11 +282,12 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
                         stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lse_h,
                         qk_scale, sm_scale, window, GROUP, D,
                         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
+                        HEAVY_FIRST: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
-    pid_m = tl.program_id(0)
+    pid_m = _query_block(HEAVY_FIRST)
     b = tl.program_id(1)
     h = tl.program_id(2)
     hk = h // GROUP
@@ -324,6 +335,8 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
 # (BLOCK_M, BLOCK_N) under the interpreter: small, so that CPU tests cross several tiles cheaply; tests
 # also set unequal sizes (the GPU's forward tiles are 128 x 64) to check the tile-range arithmetic
 INTERPRET_BLOCKS = (16, 16)
+# causal query blocks in reverse grid order (see _query_block); a switch so benchmarks can compare
+HEAVY_FIRST = True
 
 
 def _cfg(D: int, kernel: str) -> dict:
@@ -376,7 +389,8 @@ def varlen_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlen
         0, q.stride(0), q.stride(1), 0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1),
         0, o.stride(0), o.stride(1), lse.stride(0),
         0, scale * LOG2E, window, Hq // Hkv, D,
-        CAUSAL=causal, HAS_WINDOW=window > 0, VARLEN=True, STORE_LSE=True, PRECISION=_precision(q.dtype), **c)
+        CAUSAL=causal, HAS_WINDOW=window > 0, VARLEN=True, STORE_LSE=True, PRECISION=_precision(q.dtype),
+        HEAVY_FIRST=HEAVY_FIRST and causal, **c)
     return o, lse
 
 
@@ -406,7 +420,7 @@ def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
         q, k, v, do, lse, delta, dq, cu_seqlens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dq.stride(0), dq.stride(1), lse.stride(0),
-        scale * LOG2E, scale, window, Hq // Hkv, D, **common, **c)
+        scale * LOG2E, scale, window, Hq // Hkv, D, HEAVY_FIRST=HEAVY_FIRST and causal, **common, **c)
     return dq, dk, dv
 
 
@@ -463,7 +477,8 @@ def decode_attn_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         q.stride(0), q.stride(2), q.stride(1), k_cache.stride(0), k_cache.stride(2), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(2), v_cache.stride(1), o.stride(0), o.stride(2), o.stride(1), 0,
         Tq, scale * LOG2E, window, Hq // Hkv, D,
-        CAUSAL=True, HAS_WINDOW=window > 0, VARLEN=False, STORE_LSE=False, PRECISION=_precision(q.dtype), **c)
+        CAUSAL=True, HAS_WINDOW=window > 0, VARLEN=False, STORE_LSE=False, PRECISION=_precision(q.dtype),
+        HEAVY_FIRST=HEAVY_FIRST, **c)
     return o
 
 

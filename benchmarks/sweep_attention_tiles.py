@@ -1,0 +1,160 @@
+"""Tile sweep for the varlen attention kernels on a GPU: which (BLOCK_M, BLOCK_N, warps, stages) is fastest
+per kernel, and what the heavy-first block order buys. Exploration for choosing `_cfg` in
+xgenmm_fast/ops/triton/varlen_attention.py; bench_kernels.py measures the chosen tiles against baselines.
+
+    python benchmarks/sweep_attention_tiles.py --out /tmp/sweep.json [--budget-s 90] [--rep-ms 50]
+
+Shapes: Phi-3 (32 heads, head dim 96), bf16, causal, no window.
+- fwd: 4 x 4096 tokens (bench_kernels' varlen_attn_fwd/4k); TFLOP/s counts the visible half (QKᵀ and PV).
+- fwd_bwd (defaults, both block orders), dkdv, dq: 8 x 2048 tokens (bench_kernels' equal_length row); the forward + backward is timed with one
+  backward kernel's tiles varied and the other at its default, so differences between rows are that
+  kernel's; TFLOP/s over 3.5x the forward's FLOPs.
+Each candidate's tiles replace `_cfg`'s answer for that kernel only (the module's function is patched for
+the measurement); max_abs_diff compares its outputs (and gradients) with the default tiles'. A candidate that fails to compile or launch (shared memory, say) is recorded with its
+error. The defaults are measured first, so a cut-off sweep still has its reference row. Results: one JSON
+document (device, versions, date, commit, rows sorted per kernel), and a table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import round_sig, run_metadata, write_json_atomic  # noqa: E402
+
+import xgenmm_fast.ops.triton.varlen_attention as va  # noqa: E402
+
+FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+       for bm, bn, w, s in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 32, 8, 3),
+                            (128, 32, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4),
+                            (64, 128, 4, 3), (64, 32, 4, 3), (256, 64, 8, 2)]]
+DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(32, 64, 8, 2), (32, 64, 4, 2), (32, 64, 4, 3), (32, 128, 8, 2), (64, 64, 8, 2),
+                             (64, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2), (64, 128, 8, 2), (16, 128, 8, 2)]]
+DQ = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+      for bm, bn, w, s in [(64, 32, 8, 2), (64, 32, 4, 2), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 2),
+                           (64, 64, 4, 2), (128, 64, 8, 2), (64, 16, 4, 2), (32, 64, 4, 2)]]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--rep-ms", type=float, default=50.0, help="do_bench repetition time per candidate")
+    p.add_argument("--budget-s", type=float, default=90.0, help="stop starting candidates after this long")
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--head-dim", type=int, default=96)
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU under TRITON_INTERPRET=1: tiny shapes, two candidates per kernel, one timed call each "
+                        "(does the script run; the tiles are the interpreter's)")
+    return p.parse_args(argv)
+
+
+def packed(lens, H, D, dev, dtype):
+    cu = torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32, device=dev)
+    qkv = [torch.randn(sum(lens), H, D, device=dev, dtype=dtype, requires_grad=True) for _ in range(3)]
+    return qkv, cu, sum(4 * n * (n + 1) / 2 * H * D for n in lens)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        print("sweep_attention_tiles: needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1)", file=sys.stderr)
+        return 2
+    if args.smoke and os.environ.get("TRITON_INTERPRET") != "1":
+        print("sweep_attention_tiles: --smoke runs under the Triton interpreter; set TRITON_INTERPRET=1",
+              file=sys.stderr)
+        return 2
+    import triton.testing
+
+    def timer(fn) -> float:
+        if args.smoke:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        return float(triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median"))
+
+    meta = run_metadata()
+
+    def save():  # after every row: a sweep cut off by its time limit keeps what it measured
+        doc = {**{k: meta[k] for k in ("device", "date", "commit", "torch", "triton", "python") if k in meta},
+               "script": "sweep_attention_tiles", "argv": sys.argv[1:], "heads": H, "head_dim": D,
+               "shapes": {"fwd": f"{long_lens} causal", "fwd_bwd/dkdv/dq": f"{eq_lens} causal fwd+bwd"},
+               "seconds": round(time.time() - t_start, 1), "rows": rows}
+        write_json_atomic(args.out, doc)
+
+    t_start = time.time()
+    H, D = (2, 24) if args.smoke else (args.heads, args.head_dim)
+    dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
+    long_lens, eq_lens = ([40, 24], [32, 17]) if args.smoke else ([4096] * 4, [2048] * 8)
+    default_cfg = va._cfg
+    rows = []
+
+    def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True):
+        if time.time() - t_start > args.budget_s:
+            return
+        row = {"kernel": kernel, "tiles": tiles or "default", "heavy_first": heavy_first}
+
+        def cfg(Dh, k):
+            c = default_cfg(Dh, k)
+            if tiles is not None and k == kernel:
+                c.update(tiles)
+            return c
+        va._cfg, va.HEAVY_FIRST = cfg, heavy_first
+        try:
+            ms = timer(fn)
+            row["max_abs_diff"] = round_sig(max((a.float() - b.float()).abs().max().item()
+                                                for a, b in zip(fn(), expected[fn])), 3)
+            row.update(ms=round_sig(ms, 4), tflops=round_sig(flops / ms / 1e9, 4))
+        except Exception as e:  # noqa: BLE001 -- a candidate that does not compile is a result too
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            if not args.smoke:
+                torch.cuda.synchronize()
+        finally:
+            va._cfg, va.HEAVY_FIRST = default_cfg, True
+        rows.append(row)
+        save()
+        print(json.dumps(row), flush=True)
+
+    (q4, k4, v4), cu4, flops4 = packed(long_lens, H, D, dev, dtype)
+    (q2, k2, v2), cu2, flops2 = packed(eq_lens, H, D, dev, dtype)
+    g2 = torch.randn_like(q2)
+
+    def fwd():
+        with torch.no_grad():
+            return [va.varlen_attention_triton(q4, k4, v4, cu4, max_seqlen=max(long_lens))]
+
+    def fwd_bwd():
+        for t in (q2, k2, v2):
+            t.grad = None
+        out = va.varlen_attention_triton(q2, k2, v2, cu2, max_seqlen=max(eq_lens))
+        out.backward(g2)
+        return [out.detach(), q2.grad, k2.grad, v2.grad]
+
+    expected = {fwd: fwd(), fwd_bwd: fwd_bwd()}  # the default tiles' outputs: each candidate is compared
+
+    measure("fwd", None, fwd, flops4)
+    measure("fwd", None, fwd, flops4, heavy_first=False)
+    measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2)
+    measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, heavy_first=False)
+    for kernel, cands, fn, fl in (("fwd", FWD, fwd, flops4), ("dkdv", DKDV, fwd_bwd, 3.5 * flops2),
+                                  ("dq", DQ, fwd_bwd, 3.5 * flops2)):
+        for tiles in cands[:2] if args.smoke else cands:
+            measure(kernel, tiles, fn, fl)
+
+    save()
+    print(f"{'kernel':6s} {'tiles':44s} {'heavy':>5s} {'ms':>8s} {'TFLOP/s':>8s} max|diff|")
+    for r in sorted(rows, key=lambda r: (r["kernel"], r.get("ms", 1e9))):
+        t = "default" if r["tiles"] == "default" else " ".join(f"{k}={v}" for k, v in r["tiles"].items())
+        print(f"{r['kernel']:6s} {t:44s} {str(r['heavy_first']):>5s} {r.get('ms', float('nan')):8.3f} "
+              f"{r.get('tflops', float('nan')):8.1f} {r.get('max_abs_diff', '')} {r.get('error', '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
