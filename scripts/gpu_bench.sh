@@ -38,13 +38,14 @@ echo "results -> $OUT"
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 # a CUDA torch adds csrc/**/*.cu (setup.py); gpu_session.sh builds once and sets XGENMM_SKIP_BUILD=1
 [[ "${XGENMM_SKIP_BUILD:-0}" == "1" ]] || step build_ext 180 "$PY" setup.py build_ext --inplace
-# gpu_session.sh has gpu_check.sh run the kernel benchmarks into the same file (GPU_BENCH_SKIP_KERNELS=1)
+# gpu_session.sh has gpu_check.sh run the kernel benchmarks (bench_kernels, bench_perceiver) into the same file
+# (GPU_BENCH_SKIP_KERNELS=1)
 [[ "${GPU_BENCH_SKIP_KERNELS:-0}" == "1" ]] || step bench_kernels 110 "$PY" benchmarks/bench_kernels.py --out "$OUT" --rep-ms 100
 step bench_preprocess 40 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
 # the whole perceiver resampler fwd+bwd vs the original algorithm (issue #4's >= 3x target), 40 tiles:
-# estimated 20-30 s (import, Triton compile, 3 rows x 2 sides x 100 ms do_bench); not yet run on a GPU
-step bench_perceiver 45 "$PY" benchmarks/bench_perceiver.py --size released --device cuda --images 8 --rep-ms 100 --profile \
-  --out "$OUT"
+# estimated 20-30 s (import, Triton compile, 3 rows x 2 sides x 100 ms do_bench)
+[[ "${GPU_BENCH_SKIP_KERNELS:-0}" == "1" ]] || step bench_perceiver 45 "$PY" benchmarks/bench_perceiver.py --size released \
+  --device cuda --images 8 --rep-ms 100 --profile --out "$OUT"
 step bench_sft_step 150 "$PY" benchmarks/bench_sft_step.py --size released --device cuda --samples 16 \
   --repeats 3 --warmup 1 --out "$OUT"
 step bench_dpo 90 "$PY" benchmarks/bench_dpo.py --size released --device cuda --checkpointing --repeats 3 \

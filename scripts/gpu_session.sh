@@ -8,7 +8,9 @@
 #
 # The device tool brings back at most 8 files from $OUT, so the run works in a temporary folder and leaves
 # in OUTDIR: the results JSON and Markdown (<date>-<device>.json/.md, kernel rows included), steps.txt, and
-# logs.tar.gz (every log and junit XML). Copy the JSON into benchmarks/results/ here and run
+# logs.tar.gz (every log and junit XML), and sweep_attention_tiles.json when gpu_check ran the sweep
+# (GPU_CHECK_SWEEP=1). GPU_SESSION_PARTS=check (or bench) runs one of the two scripts only: check alone gets
+# the whole budget (a lease split in two calls: kernels and tests first, the end-to-end suite after fixes). Copy the JSON into benchmarks/results/ here and run
 # benchmarks/report.py --readme README.md.
 set -uo pipefail
 source "$(dirname "$0")/lib/steps.sh"
@@ -18,6 +20,8 @@ WORK=$(mktemp -d)
 mkdir -p "$WORK/check" "$WORK/bench"
 START=$(date +%s)
 BUDGET=${GPU_SESSION_BUDGET_S:-540}
+PARTS=${GPU_SESSION_PARTS:-check,bench}
+[[ "$PARTS" =~ ^(check|bench|check,bench)$ ]] || { echo "GPU_SESSION_PARTS: check, bench or check,bench; got $PARTS"; exit 2; }
 echo "== build"
 # A failed CUDA build must not waste the lease: fall back to the C++-only extension (the Triton kernels
 # need none of it) and go on; gpu_check's cuda_ext step then fails and says so.
@@ -32,13 +36,20 @@ echo "build done at $(( $(date +%s) - START ))s"
 export XGENMM_SKIP_BUILD=1 GPU_BENCH_SKIP_KERNELS=1
 # one results file for the kernel rows (written by gpu_check.sh) and the end-to-end rows (gpu_bench.sh)
 export GPU_BENCH_OUT=$("$PY" benchmarks/_common.py path "$WORK/bench")
+rc_check=0 rc_bench=0
 left=$(( BUDGET - ($(date +%s) - START) ))
-echo "== gpu_check ($(( left * 45 / 100 )) s)"
-GPU_CHECK_BUDGET_S=$(( left * 45 / 100 )) bash scripts/gpu_check.sh "$WORK/check"; rc_check=$?
+share=$(( left * 45 / 100 ))
+[[ "$PARTS" == "check" ]] && share=$left
+if [[ "$PARTS" == *check* ]]; then
+  echo "== gpu_check ($share s)"
+  GPU_CHECK_BUDGET_S=$share bash scripts/gpu_check.sh "$WORK/check"; rc_check=$?
+fi
 left=$(( BUDGET - ($(date +%s) - START) ))
-echo "== gpu_bench ($left s)"
-GPU_BENCH_BUDGET_S=$left bash scripts/gpu_bench.sh "$WORK/bench"; rc_bench=$?
-cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$OUTDIR"/ 2>/dev/null
+if [[ "$PARTS" == *bench* ]]; then
+  echo "== gpu_bench ($left s)"
+  GPU_BENCH_BUDGET_S=$left bash scripts/gpu_bench.sh "$WORK/bench"; rc_bench=$?
+fi
+cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$WORK"/check/sweep_attention_tiles.json "$OUTDIR"/ 2>/dev/null
 cat "$WORK"/check/steps.jsonl "$WORK"/bench/steps.jsonl >"$OUTDIR/steps.txt" 2>/dev/null
 tar czf "$OUTDIR/logs.tar.gz" -C "$WORK" .
 echo "== gpu_session: check rc=$rc_check, bench rc=$rc_bench, total $(( $(date +%s) - START ))s; in $OUTDIR:"
