@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -36,13 +37,45 @@
 
 namespace ax = xgenmm::anyres;
 
-// Argument errors throw std::invalid_argument, which pybind11 raises as ValueError. Not TORCH_CHECK_VALUE:
-// in the CUDA build on the H200 machine (torch 2.11+cu130, 2026-11-26) a c10::ValueError thrown from
-// anyres_preprocess_cuda crashed the process (segfault) while a std::invalid_argument thrown from the same
-// call was raised cleanly (tests/kernels/test_anyres_cuda.py::test_cuda_extension_raises_cleanly).
-#define XGENMM_CHECK_ARG(cond, ...)                                  \
-  do {                                                               \
-    if (!(cond)) throw std::invalid_argument(c10::str(__VA_ARGS__)); \
+// Error messages are built from std::string pieces only (`cat` below), never through iostreams
+// (c10::str, std::ostringstream). In the CUDA build on the GPU machine (the extension compiled by that
+// image's /opt/gcc g++, torch 2.11+cu130, 2026-11-26) every message formatted through c10::str crashed
+// the process (segfault, with c10::ValueError and with std::invalid_argument alike), while a
+// std::string-built std::invalid_argument thrown inside the same call was raised cleanly; the iostream
+// code inlined from one libstdc++'s headers and run against another's library is the suspect.
+// Argument errors throw std::invalid_argument, which pybind11 raises as ValueError.
+namespace msg {
+inline void append(std::string& s, const std::string& v) { s += v; }
+inline void append(std::string& s, const char* v) { s += v; }
+inline void append(std::string& s, at::ScalarType v) { s += c10::toString(v); }
+inline void append(std::string& s, const at::Device& d) {
+  if (d.is_cpu()) {
+    s += "cpu";
+  } else {
+    s += d.is_cuda() ? "cuda" : "a non-CPU device";
+    if (d.has_index()) s += ":" + std::to_string(static_cast<int>(d.index()));
+  }
+}
+inline void append(std::string& s, at::IntArrayRef v) {
+  s += "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  s += "]";
+}
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+inline void append(std::string& s, T v) {
+  s += std::to_string(v);
+}
+template <typename... Args>
+std::string cat(const Args&... args) {
+  std::string s;
+  (append(s, args), ...);
+  return s;
+}
+}  // namespace msg
+
+#define XGENMM_CHECK_ARG(cond, ...)                                   \
+  do {                                                                \
+    if (!(cond)) throw std::invalid_argument(msg::cat(__VA_ARGS__)); \
   } while (0)
 
 namespace {
@@ -405,8 +438,8 @@ PackResult anyres_preprocess_cuda(const at::Tensor& data, const at::Tensor& desc
     err = ax::gpu::launch_anyres_pack(args, reinterpret_cast<const uint16_t*>(d + lut_at),
                                       static_cast<uint16_t*>(result.data_ptr()), stream);
   }
-  if (err != cudaSuccess)  // (std::runtime_error, not TORCH_CHECK: see XGENMM_CHECK_ARG)
-    throw std::runtime_error(c10::str("anyres_preprocess_cuda: kernel launch failed: ", cudaGetErrorString(err)));
+  if (err != cudaSuccess)  // (std::runtime_error, not TORCH_CHECK: see msg::cat)
+    throw std::runtime_error(msg::cat("anyres_preprocess_cuda: kernel launch failed: ", cudaGetErrorString(err)));
   return {result, plan.tiles_per_image, shapes_of(plan)};
 }
 #endif  // XGENMM_WITH_CUDA
