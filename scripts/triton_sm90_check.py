@@ -14,10 +14,14 @@ check closes that gap without a GPU:
    `cuobjdump --dump-resource-usage` reads registers, stack (spills) and static shared memory from it.
 
 Fails (exit 1) on a recording or compile error, a kernel whose shared memory exceeds the H100's 227 KB per
-block, or register spills (stack bytes > --max-spill-bytes, default 0). At this check's introduction
-(2026-11-26) the attention kernels' FA2-like 64 x 64 backward tiles spilled 90-470 bytes per thread at head
-dim 96/128; their tiles were chosen with it (ops/triton/*._cfg). A spill-free kernel is not proven fast: the
-GPU benchmarks decide between spill-free configurations; this keeps a change from adding spills unseen.
+block, or register spills (stack bytes > --max-spill-bytes, default 0), except in the kernels of
+MEASURED_SPILLS: there spills were accepted because a GPU measurement chose those tiles anyway, and only
+more than that kernel's listed bound fails. At this check's introduction (2026-11-26) the attention
+kernels' FA2-like 64 x 64 backward tiles spilled 90-470 bytes per thread at head dim 96/128 and spill-free
+8-warp tiles were chosen with it; the tile sweep on an H200 (benchmarks/sweep_attention_tiles.py) then
+found 4-warp 64-row tiles, which spill here, 1.3x faster for the backward. Spill-free is not proven fast
+and the reverse holds too: the GPU benchmarks decide; this keeps a change from adding spills unseen. The
+counts are from this machine's Triton, which may allocate registers differently from the GPU machine's.
 
     python scripts/triton_sm90_check.py                 # table on stdout
     python scripts/triton_sm90_check.py --json out.json
@@ -38,6 +42,16 @@ sys.path.insert(0, ROOT)  # the checkout's package, installed or not
 KERNEL_MODULES = ("rms_norm", "swiglu", "rope", "fused_linear_ce", "varlen_attention", "perceiver_attention",
                   "perceiver_varlen", "vision_merge")
 SHARED_LIMIT = 227 * 1024  # H100/H200: max dynamic shared memory per block (bytes)
+# kernel -> (spill bound in bytes per thread, why spills are accepted there)
+_SWEEP = "tiles chosen by GPU measurement despite spills (ops/triton/_flash.py BACKWARD_TILES)"
+MEASURED_SPILLS = {
+    "_attn_bwd_dkdv_kernel": (2048, _SWEEP),
+    "_attn_bwd_dq_kernel": (256, _SWEEP),
+    "_perceiver_bwd_dkdv_kernel": (2048, _SWEEP),
+    "_perceiver_bwd_dq_kernel": (256, _SWEEP),
+    "_perceiver_varlen_bwd_dkdv_kernel": (2048, _SWEEP),
+    "_perceiver_varlen_bwd_dq_kernel": (256, _SWEEP),
+}
 TORCH_TO_TRITON = {"float16": "bf16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64", "int32": "i32",
                    "int64": "i64", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1"}
 
@@ -234,9 +248,14 @@ def main(argv=None) -> int:
             row.update(compile_launch(launch))
             if (row["shared_bytes"] or 0) > SHARED_LIMIT:
                 row["error"] = f"shared memory {row['shared_bytes']} B > {SHARED_LIMIT} B"
-            elif (row["stack_bytes"] or 0) > args.max_spill_bytes:
-                row["error"] = (f"{row['stack_bytes']} B of register spills per thread ({row['registers']} registers)"
-                                f" > --max-spill-bytes {args.max_spill_bytes}")
+            else:
+                bound, why = MEASURED_SPILLS.get(launch["kernel"], (args.max_spill_bytes, None))
+                bound = max(bound, args.max_spill_bytes)
+                if (row["stack_bytes"] or 0) > bound:
+                    row["error"] = (f"{row['stack_bytes']} B of register spills per thread ({row['registers']} "
+                                    f"registers) > {bound}" + (f" ({why})" if why else " (--max-spill-bytes)"))
+                elif row["stack_bytes"] and why:
+                    row["accepted_spills"] = why
         except Exception as e:  # noqa: BLE001  (one kernel's failure must not hide the others)
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         failed += "error" in row
@@ -251,7 +270,8 @@ def main(argv=None) -> int:
             print(f"{r['kernel']:34s} {cx[:46]:46s} ERROR {r['error']}")
             continue
         print(f"{r['kernel']:34s} {cx[:46]:46s} {o.get('num_warps', '-')!s:>5s} {o.get('num_stages', '-')!s:>3s} "
-              f"{r['registers']!s:>4s} {r['stack_bytes']!s:>7s} {(r['shared_bytes'] or 0) / 1024:7.1f}")
+              f"{r['registers']!s:>4s} {r['stack_bytes']!s:>7s} {(r['shared_bytes'] or 0) / 1024:7.1f}"
+              + ("  (measured; accepted)" if "accepted_spills" in r else ""))
     print(f"triton_sm90_check: {len(rows)} kernel configurations compiled for sm_90, {failed} failed")
     if args.json:
         with open(args.json, "w") as f:

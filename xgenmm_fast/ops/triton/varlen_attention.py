@@ -341,10 +341,10 @@ HEAVY_FIRST = True
 
 def _cfg(D: int, kernel: str) -> dict:
     """Tile sizes and launch options per kernel: "fwd", "fwd_window" (the forward with a sliding window),
-    "dkdv", "dq". Small tiles under the interpreter (exercise several blocks cheaply). On the GPU, the
-    largest tiles that compile for sm_90 without register spills at bf16 (scripts/triton_sm90_check.py
-    reads registers and spills from the cubin; FA2-like 64 x 64 backward tiles spilled 90-420 bytes per
-    thread at head dim 96/128, the windowed 128 x 64 forward 72)."""
+    "dkdv", "dq". Small tiles under the interpreter (exercise several blocks cheaply). On the GPU: forward
+    128 x 64 (the windowed one 128 x 32 at head dims > 64: 128 x 64 spilled there), backward as measured
+    fastest by benchmarks/sweep_attention_tiles.py (_flash.BACKWARD_TILES). In the H200 sweep the forward's
+    128 x 128 was 4% faster but spills at sm_90 (scripts/triton_sm90_check.py); not taken."""
     block_d = max(16, next_pow2(D))
     if interpreting():
         bm, bn = INTERPRET_BLOCKS
