@@ -2,8 +2,8 @@
 # GPU check for the kernels (issue #4) on a fresh GPU machine: build the extension (a CUDA torch adds the
 # csrc/**/*.cu kernels), check the CUDA entry points exist, run tests/kernels on CUDA (the `gpu`-marked bf16,
 # torch.compile and CUDA-kernel tests included), the whole model on CUDA (tests/model -m gpu), and the
-# kernel benchmarks (bench_kernels, bench_perceiver; the attention tile sweep with GPU_CHECK_SWEEP=1); print a
-# short table last. Logs, junit XML and JSON land under RESULTS_DIR.
+# kernel benchmarks (bench_kernels, bench_perceiver; with GPU_CHECK_PROFILE=rows a per-kernel profile of those
+# bench_kernels rows, with GPU_CHECK_SWEEP=1 the attention tile sweep); print a short table last. Logs, junit XML and JSON land under RESULTS_DIR.
 # Budget: GPU_CHECK_BUDGET_S (default 450 s; each step also has its own cap).
 #
 #   scripts/gpu_check.sh RESULTS_DIR        # XGENMM_SKIP_BUILD=1 skips the build (gpu_session.sh does)
@@ -35,6 +35,9 @@ step bench_kernels 120 "$PY" benchmarks/bench_kernels.py --out "${GPU_BENCH_OUT:
 # the whole perceiver resampler fwd+bwd vs the original algorithm (#4's >= 3x target), with a kernel profile
 step bench_perceiver 60 "$PY" benchmarks/bench_perceiver.py --size released --device cuda --images 8 --rep-ms 100 \
   --profile --out "${GPU_BENCH_OUT:-$RESULTS/bench_kernels.json}"
+# GPU_CHECK_PROFILE=row,row,...: per-kernel GPU times of those bench_kernels rows (diagnosis; JSON with the logs)
+[[ -n "${GPU_CHECK_PROFILE:-}" ]] && step profile_kernels 60 "$PY" benchmarks/profile_kernels.py \
+  --only "$GPU_CHECK_PROFILE" --out "$RESULTS/profile_kernels.json"
 # GPU_CHECK_SWEEP=1: the attention tile sweep (exploration for _cfg; its JSON stays with the logs)
 [[ "${GPU_CHECK_SWEEP:-0}" == "1" ]] && step sweep_attention_tiles 120 "$PY" benchmarks/sweep_attention_tiles.py \
   --out "$RESULTS/sweep_attention_tiles.json" --budget-s 95 --rep-ms 50
@@ -44,5 +47,6 @@ echo "== pytest tests/kernels on CUDA:"; tail -n 3 "$RESULTS/pytest_kernels.log"
 echo "== pytest tests/model on CUDA:"; tail -n 2 "$RESULTS/pytest_model.log"
 echo "== kernel benchmarks:"; tail -n 18 "$RESULTS/bench_kernels.log"
 echo "== perceiver module:"; tail -n 6 "$RESULTS/bench_perceiver.log"
+[[ -f "$RESULTS/profile_kernels.log" ]] && { echo "== kernel profile:"; grep -v "^USDT\|^STAGE" "$RESULTS/profile_kernels.log" | tail -n 60; }
 [[ -f "$RESULTS/sweep_attention_tiles.log" ]] && { echo "== attention tile sweep:"; tail -n 40 "$RESULTS/sweep_attention_tiles.log"; }
 exit $status

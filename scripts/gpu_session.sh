@@ -10,7 +10,8 @@
 # in OUTDIR: the results JSON and Markdown (<date>-<device>.json/.md, kernel rows included), steps.txt, and
 # logs.tar.gz (every log and junit XML), and sweep_attention_tiles.json when gpu_check ran the sweep
 # (GPU_CHECK_SWEEP=1). GPU_SESSION_PARTS=check (or bench) runs one of the two scripts only: check alone gets
-# the whole budget (a lease split in two calls: kernels and tests first, the end-to-end suite after fixes). Copy the JSON into benchmarks/results/ here and run
+# the whole budget (a lease split in two calls: kernels and tests first, the end-to-end suite after fixes);
+# with both, gpu_check gets GPU_SESSION_CHECK_SHARE percent (default 45) of the time left after the build. Copy the JSON into benchmarks/results/ here and run
 # benchmarks/report.py --readme README.md.
 set -uo pipefail
 source "$(dirname "$0")/lib/steps.sh"
@@ -38,7 +39,7 @@ export XGENMM_SKIP_BUILD=1 GPU_BENCH_SKIP_KERNELS=1
 export GPU_BENCH_OUT=$("$PY" benchmarks/_common.py path "$WORK/bench")
 rc_check=0 rc_bench=0
 left=$(( BUDGET - ($(date +%s) - START) ))
-share=$(( left * 45 / 100 ))
+share=$(( left * ${GPU_SESSION_CHECK_SHARE:-45} / 100 ))  # percent of what is left after the build
 [[ "$PARTS" == "check" ]] && share=$left
 if [[ "$PARTS" == *check* ]]; then
   echo "== gpu_check ($share s)"
@@ -49,7 +50,7 @@ if [[ "$PARTS" == *bench* ]]; then
   echo "== gpu_bench ($left s)"
   GPU_BENCH_BUDGET_S=$left bash scripts/gpu_bench.sh "$WORK/bench"; rc_bench=$?
 fi
-cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$WORK"/check/sweep_attention_tiles.json "$OUTDIR"/ 2>/dev/null
+cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$WORK"/check/sweep_attention_tiles.json "$WORK"/check/profile_kernels.json "$OUTDIR"/ 2>/dev/null
 cat "$WORK"/check/steps.jsonl "$WORK"/bench/steps.jsonl >"$OUTDIR/steps.txt" 2>/dev/null
 tar czf "$OUTDIR/logs.tar.gz" -C "$WORK" .
 echo "== gpu_session: check rc=$rc_check, bench rc=$rc_bench, total $(( $(date +%s) - START ))s; in $OUTDIR:"
