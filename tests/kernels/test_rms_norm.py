@@ -6,7 +6,7 @@ import torch
 
 from xgenmm_fast.ops.norms import rms_norm_reference
 from xgenmm_fast.ops.triton.rms_norm import (
-    _dw_plan,
+    _bwd_plan,
     rms_norm_bwd,
     rms_norm_fwd,
     rms_norm_triton,
@@ -53,11 +53,11 @@ def _grads_vs_reference(x, w, dy, eps=1e-5):
     return x.grad, w.grad, x64.grad, w64.grad
 
 
-# the dweight column reduction: rows not a multiple of BLOCK_R, N not a multiple of BLOCK_C, a single row,
-# a single column, and enough rows for several row groups (partials summed across groups)
+# the backward: ragged row counts per program, a single row, a single column, N not a power of two, and
+# enough rows for several programs (dweight partials summed across them)
 @pytest.mark.parametrize("shape", [(37, 200), (130, 3072), (1, 200), (50, 1), (300, 40), (3, 100, 72)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rms_norm_backward_column_reduction(shape, dtype, seed):
+def test_rms_norm_backward_shapes(shape, dtype, seed):
     x = torch.randn(shape).to(DEVICE, dtype) * 2
     w = (1 + 0.1 * torch.randn(shape[-1])).to(DEVICE, dtype)
     dy = torch.randn(shape).to(DEVICE, dtype)
@@ -73,14 +73,14 @@ def test_rms_norm_backward_column_reduction(shape, dtype, seed):
     check("rms_norm dweight", [dw], [dw64], TOL[dtype])
 
 
-def test_dweight_plan_covers_rows_with_several_groups():
-    """The (300, 40) case above runs several row groups; every plan covers all rows with no empty group."""
+def test_backward_plan_covers_rows_with_several_programs():
+    """The (300, 40) case above runs several programs (partials summed across them); every plan covers
+    all rows with no program left without rows."""
     dev = torch.device(DEVICE)
-    assert _dw_plan(300, 40, dev)[2] > 1
-    for rows, n in [(1, 1), (1, 200), (37, 200), (300, 40), (130, 3072), (16384, 3072), (5, 100000)]:
-        block_r, _, g, rpg = _dw_plan(rows, n, dev)
-        assert g >= 1 and rpg % block_r == 0
-        assert (g - 1) * rpg < rows <= g * rpg, (rows, n, block_r, g, rpg)
+    assert _bwd_plan(300, dev)[0] > 1
+    for rows in [1, 2, 37, 130, 300, 16384, 100003]:
+        n_prog, rpp = _bwd_plan(rows, dev)
+        assert n_prog >= 1 and (n_prog - 1) * rpp < rows <= n_prog * rpp, (rows, n_prog, rpp)
 
 
 def test_rms_norm_backward_strided_inputs_and_fp32_weight(seed):
