@@ -11,7 +11,7 @@
 # logs.tar.gz (every log and junit XML), and sweep_attention_tiles.json when gpu_check ran the sweep
 # (GPU_CHECK_SWEEP=1). GPU_SESSION_PARTS=check (or bench) runs one of the two scripts only: check alone gets
 # the whole budget (a lease split in two calls: kernels and tests first, the end-to-end suite after fixes);
-# with both, gpu_check gets GPU_SESSION_CHECK_SHARE percent (default 45) of the time left after the build. Copy the JSON into benchmarks/results/ here and run
+# with both, gpu_check gets at most GPU_SESSION_CHECK_S seconds (default 300), gpu_bench the rest. Copy the JSON into benchmarks/results/ here and run
 # benchmarks/report.py --readme README.md.
 set -uo pipefail
 source "$(dirname "$0")/lib/steps.sh"
@@ -39,7 +39,9 @@ export XGENMM_SKIP_BUILD=1 GPU_BENCH_SKIP_KERNELS=1
 export GPU_BENCH_OUT=$("$PY" benchmarks/_common.py path "$WORK/bench")
 rc_check=0 rc_bench=0
 left=$(( BUDGET - ($(date +%s) - START) ))
-share=$(( left * ${GPU_SESSION_CHECK_SHARE:-45} / 100 ))  # percent of what is left after the build
+# gpu_check: at most GPU_SESSION_CHECK_S (default 300; its steps took ~200 s on an H200 without the sweep);
+# gpu_bench gets whatever is left when it is done
+share=$(( left < ${GPU_SESSION_CHECK_S:-300} ? left : ${GPU_SESSION_CHECK_S:-300} ))
 [[ "$PARTS" == "check" ]] && share=$left
 if [[ "$PARTS" == *check* ]]; then
   echo "== gpu_check ($share s)"

@@ -35,7 +35,9 @@ step() {  # step NAME CAP_S CMD...
     status=1
     return 0
   fi
-  timeout --signal=TERM --kill-after=5 "$limit" "$@" >"$STEP_LOGS/$name.log" 2>&1
+  # SIGINT first: pytest then still prints its summary and writes its junit XML (which tests ran, which
+  # did not), Python scripts get a KeyboardInterrupt traceback in their log; KILL 15 s later if need be
+  timeout --signal=INT --kill-after=15 "$limit" "$@" >"$STEP_LOGS/$name.log" 2>&1
   rc=$?
   echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - t0 )), \"limit_s\": $limit}" \
     >>"$STEP_LOGS/steps.jsonl"
