@@ -1,6 +1,7 @@
 """Tile sweep for the varlen attention kernels on a GPU: which (BLOCK_M, BLOCK_N, warps, stages) is fastest
-per kernel, and what the heavy-first block order buys. Exploration for choosing `_cfg` in
-xgenmm_fast/ops/triton/varlen_attention.py; bench_kernels.py measures the chosen tiles against baselines.
+per kernel, what the heavy-first block order buys, and whether the two-part head dim (SPLIT_HEAD_DIM) pays.
+Exploration for choosing `_cfg` in xgenmm_fast/ops/triton/varlen_attention.py; bench_kernels.py measures the
+chosen tiles against baselines.
 
     python benchmarks/sweep_attention_tiles.py --out /tmp/sweep.json [--budget-s 90] [--rep-ms 50]
 
@@ -92,20 +93,20 @@ def main(argv=None) -> int:
     H, D = (2, 24) if args.smoke else (args.heads, args.head_dim)
     dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
     long_lens, eq_lens = ([40, 24], [32, 17]) if args.smoke else ([4096] * 4, [2048] * 8)
-    default_cfg = va._cfg
+    default_cfg, default_split = va._cfg, va.SPLIT_HEAD_DIM
     rows = []
 
-    def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True):
+    def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False):
         if time.time() - t_start > args.budget_s:
             return
-        row = {"kernel": kernel, "tiles": tiles or "default", "heavy_first": heavy_first}
+        row = {"kernel": kernel, "tiles": tiles or "default", "heavy_first": heavy_first, "split_head_dim": split}
 
         def cfg(Dh, k):
             c = default_cfg(Dh, k)
             if tiles is not None and k == kernel:
                 c.update(tiles)
             return c
-        va._cfg, va.HEAVY_FIRST = cfg, heavy_first
+        va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = cfg, heavy_first, split
         try:
             ms = timer(fn)
             row["max_abs_diff"] = round_sig(max((a.float() - b.float()).abs().max().item()
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
             if not args.smoke:
                 torch.cuda.synchronize()
         finally:
-            va._cfg, va.HEAVY_FIRST = default_cfg, True
+            va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = default_cfg, True, default_split
         rows.append(row)
         save()
         print(json.dumps(row), flush=True)
@@ -139,19 +140,23 @@ def main(argv=None) -> int:
     expected = {fwd: fwd(), fwd_bwd: fwd_bwd()}  # the default tiles' outputs: each candidate is compared
 
     measure("fwd", None, fwd, flops4)
-    measure("fwd", None, fwd, flops4, heavy_first=False)
+    measure("fwd", None, fwd, flops4, split=True)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2)
+    measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True)
+    measure("fwd", None, fwd, flops4, heavy_first=False)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, heavy_first=False)
-    for kernel, cands, fn, fl in (("fwd", FWD, fwd, flops4), ("dkdv", DKDV, fwd_bwd, 3.5 * flops2),
-                                  ("dq", DQ, fwd_bwd, 3.5 * flops2)):
-        for tiles in cands[:2] if args.smoke else cands:
-            measure(kernel, tiles, fn, fl)
+    for split in (True, False):  # the two-part head dim first: the padded tiles were swept on 2026-11-26
+        for kernel, cands, fn, fl in (("fwd", FWD, fwd, flops4), ("dkdv", DKDV, fwd_bwd, 3.5 * flops2),
+                                      ("dq", DQ, fwd_bwd, 3.5 * flops2)):
+            for tiles in cands[:2] if args.smoke else cands:
+                measure(kernel, tiles, fn, fl, split=split)
 
     save()
-    print(f"{'kernel':6s} {'tiles':44s} {'heavy':>5s} {'ms':>8s} {'TFLOP/s':>8s} max|diff|")
+    print(f"{'kernel':7s} {'tiles':44s} {'heavy':>5s} {'split':>5s} {'ms':>8s} {'TFLOP/s':>8s} max|diff|")
     for r in sorted(rows, key=lambda r: (r["kernel"], r.get("ms", 1e9))):
         t = "default" if r["tiles"] == "default" else " ".join(f"{k}={v}" for k, v in r["tiles"].items())
-        print(f"{r['kernel']:6s} {t:44s} {str(r['heavy_first']):>5s} {r.get('ms', float('nan')):8.3f} "
+        print(f"{r['kernel']:7s} {t:44s} {str(r['heavy_first']):>5s} {str(r['split_head_dim']):>5s} "
+              f"{r.get('ms', float('nan')):8.3f} "
               f"{r.get('tflops', float('nan')):8.1f} {r.get('max_abs_diff', '')} {r.get('error', '')}")
     return 0
 

@@ -112,6 +112,21 @@ def _workloads():
                                     torch.randn(2, 2, 40, 96, dtype=h), torch.tensor([40, 17], dtype=torch.int32),
                                     sliding_window=2047)
 
+    def varlen_attention_split_head_dim():  # the two-part head dim (SPLIT_HEAD_DIM, off by default)
+        from xgenmm_fast.ops.triton import varlen_attention as va
+        before, va.SPLIT_HEAD_DIM = va.SPLIT_HEAD_DIM, True
+        try:
+            cu = torch.tensor([0, 70, 75], dtype=torch.int32)
+            for window in (33, None):
+                fwd_bwd(varlen_attention_triton(leaf(75, 2, 96), leaf(75, 2, 96), leaf(75, 2, 96), cu,
+                                                sliding_window=window))
+            with torch.no_grad():
+                decode_attention_triton(torch.randn(2, 2, 1, 96, dtype=h), torch.randn(2, 2, 40, 96, dtype=h),
+                                        torch.randn(2, 2, 40, 96, dtype=h), torch.tensor([40, 17], dtype=torch.int32),
+                                        sliding_window=2047)
+        finally:
+            va.SPLIT_HEAD_DIM = before
+
     def perceiver():
         n, hh, lat, m, d = 2, 2, 16, 40, 96
         mask = torch.ones(n, m, dtype=torch.long)
@@ -128,7 +143,8 @@ def _workloads():
         fwd_bwd(merge_vision_tokens_triton(ids, W, A, 1000, torch.tensor([1, 4]), T, torch.tensor([0, 2])))
 
     return [("rms_norm", rms), ("swiglu", swiglu), ("rope", rope), ("fused_linear_ce", linear_ce),
-            ("varlen_attention", varlen_attention), ("perceiver", perceiver), ("vision_merge", vision_merge)]
+            ("varlen_attention", varlen_attention),
+            ("varlen_attention_split_head_dim", varlen_attention_split_head_dim), ("perceiver", perceiver), ("vision_merge", vision_merge)]
 
 
 def _type_of(value) -> str:
@@ -265,6 +281,7 @@ def main(argv=None) -> int:
     for r in rows:
         cx = ",".join(f"{k}={v}" for k, v in r["constexprs"].items() if k.startswith("BLOCK") or
                       k in ("CAUSAL", "HAS_WINDOW", "VARLEN", "HAS_MASK", "BACKWARD", "WRITE_GRAD"))
+        cx = cx.replace("BLOCK_", "")
         o = r["options"]
         if "error" in r:
             print(f"{r['kernel']:34s} {cx[:46]:46s} ERROR {r['error']}")

@@ -46,6 +46,45 @@ def test_varlen_attention_matches_reference(lens, Hq, Hkv, D, window, causal, dt
     check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[dtype], GRAD_FLOOR)
 
 
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", [c for c in CASES if c[3] & (c[3] - 1)] + [
+    ([40, 7], 2, 1, 80, None, True), ([23], 2, 2, 40, 9, True), ([30, 1], 1, 1, 112, None, False)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_varlen_attention_split_head_dim(lens, Hq, Hkv, D, window, causal, dtype, monkeypatch, seed):
+    """Head dims that are not powers of two as two tile parts (SPLIT_HEAD_DIM: 96 = 64 + 32, 80 = 64 + 16,
+    40 = 32 + 16, 24 = 16 + 16 with 8 masked, 112 = 64 + 64 with 16 masked): forward, backward, decode."""
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    monkeypatch.setattr(mod, "SPLIT_HEAD_DIM", True)
+    assert mod._cfg(D, "fwd")["BLOCK_DB"] > 0
+    q, k, v, cu = _pack(lens, Hq, Hkv, D, dtype)
+    o = varlen_attention_triton(q, k, v, cu, causal=causal, sliding_window=window)
+    do = torch.randn(o.shape).to(DEVICE, dtype)
+    o.backward(do)
+    q64, k64, v64 = as64(q, k, v)
+    ref = varlen_attention_reference(q64, k64, v64, cu.cpu(), causal=causal, sliding_window=window)
+    ref.backward(do.double().cpu())
+    check("varlen_fwd", [o], [ref], TOL[dtype])
+    check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[dtype], GRAD_FLOOR)
+    kc, vc, qd = torch.randn(2, Hkv, 40, D), torch.randn(2, Hkv, 40, D), torch.randn(2, Hq, 5, D)
+    seqlens = torch.tensor([40, 17], dtype=torch.int32)
+    od = decode_attention_triton(*(leaf(t, dtype, False) for t in (qd, kc, vc)), seqlens.to(DEVICE),
+                                 sliding_window=window)
+    check("decode", [od], [decode_attention_reference(*as64(qd, kc, vc), seqlens, sliding_window=window)],
+          TOL[dtype])
+
+
+def test_head_split_parts():
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    splits = {8: (16, 0), 16: (16, 0), 24: (16, 16), 40: (32, 16), 64: (64, 0), 80: (64, 16), 96: (64, 32),
+              112: (64, 64), 128: (128, 0)}
+    for split, expect in ((True, splits), (False, {d: (max(16, 1 << (d - 1).bit_length()), 0) for d in splits})):
+        mod_split = mod.SPLIT_HEAD_DIM
+        try:
+            mod.SPLIT_HEAD_DIM = split
+            assert {d: mod._head_split(d) for d in splits} == expect
+        finally:
+            mod.SPLIT_HEAD_DIM = mod_split
+
+
 # sequences spanning several tiles with windows wider than a tile: tiles fully visible (no mask), tiles on
 # the causal diagonal, on the window's edge and past the sequence end all occur in one program
 LONG_CASES = [
@@ -62,14 +101,17 @@ LONG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("blocks", [(16, 16), (32, 16), (16, 32)])
+@pytest.mark.parametrize("blocks,split", [((16, 16), False), ((32, 16), False), ((16, 32), False),
+                                          ((32, 16), True)])
 @pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", LONG_CASES)
-def test_varlen_attention_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, monkeypatch, seed):
-    """Masked / unmasked tile ranges, with equal and unequal query and key tiles (fp32)."""
+def test_varlen_attention_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, split, monkeypatch, seed):
+    """Masked / unmasked tile ranges, with equal and unequal query and key tiles (fp32), and with the head
+    dim split in two parts where it is not a power of two (D = 24 here)."""
     if DEVICE == "cuda":
         pytest.skip("interpreter tile sizes only (the GPU's are fixed); the CASES above run on the GPU")
     from xgenmm_fast.ops.triton import varlen_attention as mod
     monkeypatch.setattr(mod, "INTERPRET_BLOCKS", blocks)
+    monkeypatch.setattr(mod, "SPLIT_HEAD_DIM", split)
     q, k, v, cu = _pack(lens, Hq, Hkv, D, torch.float32)
     o = varlen_attention_triton(q, k, v, cu, causal=causal, sliding_window=window)
     do = torch.randn(o.shape)

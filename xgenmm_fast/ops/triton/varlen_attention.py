@@ -10,8 +10,9 @@ Forward: one program per (query block, sequence, q head); online softmax (exp2, 
 the key blocks that can be visible — [lo, hi) cut by causality and the window, so masked-out tiles are
 never loaded. Of those, the tiles visible to every row of the block (`_unmasked_tiles`) run without
 computing a mask: only the tiles on the causal diagonal, the window's edge and the sequence end do
-(the same split in both backward kernels). Head dims that are not powers of two (Phi-3: 96) are padded to the next power of two inside
-the tile with masked loads/stores. Backward (FA2 style, recomputation from the saved lse):
+(the same split in both backward kernels). Head dims that are not powers of two (Phi-3: 96) are padded
+to the next power of two inside the tile with masked loads/stores, or, with SPLIT_HEAD_DIM, carried as
+two column parts (96 = 64 + 32: no matmul work on padding; `_head_split`). Backward (FA2 style, recomputation from the saved lse):
 delta = rowsum(dO · O); a dK/dV kernel per (key block, sequence, kv head) that loops over the q heads of
 its GQA group and the visible query blocks (no atomics), and a dQ kernel per (query block, sequence,
 q head).
@@ -35,22 +36,61 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d, dmask, off,
+def _load_head(base, rows, stride_t, row_mask, D, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+               ROWS_MASKED: tl.constexpr = True):
+    """A (rows, head dim) tile as two column parts, [0, BLOCK_DA) and, when BLOCK_DB > 0,
+    [BLOCK_DA, BLOCK_DA + BLOCK_DB) (see _head_split); columns ≥ D and, with ROWS_MASKED, rows off
+    row_mask load 0. With BLOCK_DB = 0 the second part is the first again, never used."""
+    offs_a = tl.arange(0, BLOCK_DA)
+    mask_a = offs_a[None, :] < D
+    if ROWS_MASKED:
+        mask_a = row_mask & mask_a
+    a = tl.load(base + rows * stride_t + offs_a[None, :], mask=mask_a, other=0.0)
+    if BLOCK_DB > 0:
+        offs_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+        mask_b = offs_b[None, :] < D
+        if ROWS_MASKED:
+            mask_b = row_mask & mask_b
+        b = tl.load(base + rows * stride_t + offs_b[None, :], mask=mask_b, other=0.0)
+    else:
+        b = a
+    return a, b
+
+
+@triton.jit
+def _store_head(base, rows, stride_t, row_mask, D, a, b, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
+    offs_a = tl.arange(0, BLOCK_DA)
+    tl.store(base + rows * stride_t + offs_a[None, :], a.to(base.dtype.element_ty),
+             mask=row_mask & (offs_a[None, :] < D))
+    if BLOCK_DB > 0:
+        offs_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+        tl.store(base + rows * stride_t + offs_b[None, :], b.to(base.dtype.element_ty),
+                 mask=row_mask & (offs_b[None, :] < D))
+
+
+@triton.jit
+def _dot_t(xa, xb, ya, yb, BLOCK_DB: tl.constexpr, PRECISION: tl.constexpr):
+    """x · yᵀ over the head dim, both given as their column parts."""
+    s = tl.dot(xa, tl.trans(ya), input_precision=PRECISION)
+    if BLOCK_DB > 0:
+        s = tl.dot(xb, tl.trans(yb), acc=s, input_precision=PRECISION)
+    return s
+
+
+@triton.jit
+def _fwd_tiles(acc_a, acc_b, m_i, l_i, qa, qb, kb, vb, k_start, k_len, offs_m, offs_n, off, D,
                stride_kt, stride_vt, qk_scale, window, tile_lo, tile_hi,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_N: tl.constexpr):
+               BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
     """Online softmax over the key tiles starting in [tile_lo, tile_hi). MASKED=False only for tiles whose
     every (query row, key) pair is visible and in bounds: no masks computed there."""
     for start_n in range(tile_lo, tile_hi, BLOCK_N):
         cols = start_n + offs_n
         kv_rows = (k_start + cols[:, None]).to(tl.int64)
-        if MASKED:
-            kvmask = (cols[:, None] < k_len) & dmask
-        else:
-            kvmask = dmask
-        k = tl.load(kb + kv_rows * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
-        v = tl.load(vb + kv_rows * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        row_mask = cols[:, None] < k_len
+        ka, kb_ = _load_head(kb, kv_rows, stride_kt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        va, vb_ = _load_head(vb, kv_rows, stride_vt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        qk = _dot_t(qa, qb, ka, kb_, BLOCK_DB, PRECISION) * qk_scale
         if MASKED:
             visible = cols[None, :] < k_len
             if CAUSAL:
@@ -58,8 +98,18 @@ def _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d,
             if HAS_WINDOW:
                 visible = visible & (offs_m[:, None] + off - cols[None, :] < window)
             qk = tl.where(visible, qk, -float("inf"))
-        acc, m_i, l_i = online_softmax_step(qk, v, acc, m_i, l_i, PRECISION)
-    return acc, m_i, l_i
+        # online softmax (as _flash.online_softmax_step, with the value tile in two column parts)
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        p = p.to(va.dtype)
+        acc_a = acc_a * alpha[:, None] + tl.dot(p, va, input_precision=PRECISION)
+        if BLOCK_DB > 0:
+            acc_b = acc_b * alpha[:, None] + tl.dot(p, vb_, input_precision=PRECISION)
+        m_i = m_new
+    return acc_a, acc_b, m_i, l_i
 
 
 @triton.jit
@@ -90,7 +140,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
                      seqlen_q_fixed, qk_scale, window, GROUP, D,
                      CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, VARLEN: tl.constexpr,
                      STORE_LSE: tl.constexpr, PRECISION: tl.constexpr, HEAVY_FIRST: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                     BLOCK_DB: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = _query_block(HEAVY_FIRST)
@@ -112,16 +163,19 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
         m0 = pid_m * BLOCK_M
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        dmask = offs_d[None, :] < D
-        qb = Q + b.to(tl.int64) * stride_qb + h * stride_qh
-        q = tl.load(qb + (q_start + offs_m[:, None]).to(tl.int64) * stride_qt + offs_d[None, :],
-                    mask=(offs_m[:, None] < q_len) & dmask, other=0.0)
+        q_rows = (q_start + offs_m[:, None]).to(tl.int64)
+        q_mask = offs_m[:, None] < q_len
+        qa, qb = _load_head(Q + b.to(tl.int64) * stride_qb + h * stride_qh, q_rows, stride_qt, q_mask, D,
+                            BLOCK_DA, BLOCK_DB)
         kb = K + b.to(tl.int64) * stride_kb + hk * stride_kh
         vb = V + b.to(tl.int64) * stride_vb + hk * stride_vh
         m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
-        acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        acc_a = tl.zeros((BLOCK_M, BLOCK_DA), tl.float32)
+        if BLOCK_DB > 0:
+            acc_b = tl.zeros((BLOCK_M, BLOCK_DB), tl.float32)
+        else:
+            acc_b = 0.0  # (unused; a scalar, so that the loops carry no second tile)
         # key tiles [lo, hi) that can hold a visible key; of them, [mid_lo, mid_hi) are visible to every row
         # of the block (key n < k_len, n ≤ the block's first position m0 + off, and within the window of
         # its last row): only the tiles on the causal diagonal, the window's edge and k_len compute masks
@@ -137,30 +191,29 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
             lo = (lo // BLOCK_N) * BLOCK_N
             full_lo = m0 + BLOCK_M - 1 + off - window + 1
         mid_lo, mid_hi = _unmasked_tiles(lo, hi, full_lo, full_hi, BLOCK_N)
-        acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d, dmask, off,
-                                   stride_kt, stride_vt, qk_scale, window, lo, mid_lo,
-                                   True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
-        acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d, dmask, off,
-                                   stride_kt, stride_vt, qk_scale, window, mid_lo, mid_hi,
-                                   False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
-        acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, kb, vb, k_start, k_len, offs_m, offs_n, offs_d, dmask, off,
-                                   stride_kt, stride_vt, qk_scale, window, mid_hi, hi,
-                                   True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
+        acc_a, acc_b, m_i, l_i = _fwd_tiles(acc_a, acc_b, m_i, l_i, qa, qb, kb, vb, k_start, k_len, offs_m, offs_n,
+                                            off, D, stride_kt, stride_vt, qk_scale, window, lo, mid_lo,
+                                            True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+        acc_a, acc_b, m_i, l_i = _fwd_tiles(acc_a, acc_b, m_i, l_i, qa, qb, kb, vb, k_start, k_len, offs_m, offs_n,
+                                            off, D, stride_kt, stride_vt, qk_scale, window, mid_lo, mid_hi,
+                                            False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+        acc_a, acc_b, m_i, l_i = _fwd_tiles(acc_a, acc_b, m_i, l_i, qa, qb, kb, vb, k_start, k_len, offs_m, offs_n,
+                                            off, D, stride_kt, stride_vt, qk_scale, window, mid_hi, hi,
+                                            True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
         empty = l_i == 0.0
-        o = acc / tl.where(empty, 1.0, l_i)[:, None]
-        ob = O + b.to(tl.int64) * stride_ob + h * stride_oh
-        tl.store(ob + (q_start + offs_m[:, None]).to(tl.int64) * stride_ot + offs_d[None, :],
-                 o.to(O.dtype.element_ty), mask=(offs_m[:, None] < q_len) & dmask)
+        inv_l = 1.0 / tl.where(empty, 1.0, l_i)
+        _store_head(O + b.to(tl.int64) * stride_ob + h * stride_oh, q_rows, stride_ot, q_mask, D,
+                    acc_a * inv_l[:, None], acc_b * inv_l[:, None], BLOCK_DA, BLOCK_DB)
         if STORE_LSE:
             lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
             tl.store(LSE + h * stride_lse_h + q_start + offs_m, lse, mask=offs_m < q_len)
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, offs_d, dmask,
+def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, tile_lo, tile_hi,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
     """dK/dV of one key block from the query tiles starting in [tile_lo, tile_hi) of q head h. Rows past
     the sequence load lse = +inf, hence p = 0, and keys past it are never stored: the unmasked tiles
     (every row sees every key of the block) need neither bound."""
@@ -168,11 +221,11 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_
         rows = start_m + offs_m
         mmask = rows[:, None] < seqlen
         rows_t = (start + rows[:, None]).to(tl.int64)
-        q = tl.load(Q + rows_t * stride_qt + h * stride_qh + offs_d[None, :], mask=mmask & dmask, other=0.0)
-        do = tl.load(DO + rows_t * stride_dot + h * stride_doh + offs_d[None, :], mask=mmask & dmask, other=0.0)
+        qa, qb = _load_head(Q + h * stride_qh, rows_t, stride_qt, mmask, D, BLOCK_DA, BLOCK_DB)
+        doa, dob = _load_head(DO + h * stride_doh, rows_t, stride_dot, mmask, D, BLOCK_DA, BLOCK_DB)
         lse = tl.load(LSE + h * stride_lse_h + start + rows, mask=rows < seqlen, other=float("inf"))
         delta = tl.load(DELTA + h * stride_lse_h + start + rows, mask=rows < seqlen, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        qk = _dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:
             visible = offs_n[None, :] < seqlen
@@ -181,11 +234,16 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_
             if HAS_WINDOW:
                 visible = visible & (rows[:, None] - offs_n[None, :] < window)
             p = tl.where(visible, p, 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-    return dk, dv
+        pt = tl.trans(p.to(doa.dtype))
+        dv_a += tl.dot(pt, doa, input_precision=PRECISION)
+        if BLOCK_DB > 0:
+            dv_b += tl.dot(pt, dob, input_precision=PRECISION)
+        dp = _dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
+        dst = tl.trans((p * (dp - delta[:, None])).to(qa.dtype))
+        dk_a += tl.dot(dst, qa, input_precision=PRECISION)
+        if BLOCK_DB > 0:
+            dk_b += tl.dot(dst, qb, input_precision=PRECISION)
+    return dk_a, dk_b, dv_a, dv_b
 
 
 @triton.jit
@@ -194,7 +252,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
                           stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
                           qk_scale, sm_scale, window, GROUP, D,
                           CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                          BLOCK_DB: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -207,14 +266,18 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
         n0 = pid_n * BLOCK_N
         offs_n = n0 + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, BLOCK_D)
-        dmask = offs_d[None, :] < D
-        nmask = (offs_n[:, None] < seqlen) & dmask
+        nmask = offs_n[:, None] < seqlen
         rows_n = (start + offs_n[:, None]).to(tl.int64)
-        k = tl.load(K + rows_n * stride_kt + hk * stride_kh + offs_d[None, :], mask=nmask, other=0.0)
-        v = tl.load(V + rows_n * stride_vt + hk * stride_vh + offs_d[None, :], mask=nmask, other=0.0)
-        dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-        dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        ka, kb = _load_head(K + hk * stride_kh, rows_n, stride_kt, nmask, D, BLOCK_DA, BLOCK_DB)
+        va, vb = _load_head(V + hk * stride_vh, rows_n, stride_vt, nmask, D, BLOCK_DA, BLOCK_DB)
+        dk_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
+        dv_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
+        if BLOCK_DB > 0:
+            dk_b = tl.zeros((BLOCK_N, BLOCK_DB), tl.float32)
+            dv_b = tl.zeros((BLOCK_N, BLOCK_DB), tl.float32)
+        else:
+            dk_b = 0.0  # (unused; scalars, so that the loops carry no second tiles)
+            dv_b = 0.0
         # query tiles [lo, hi) that can see a key of the block; [mid_lo, mid_hi) see all of them (rows at
         # or after the block's last key, and within the window of its first key)
         lo = 0
@@ -232,36 +295,36 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
             mid_hi = hi  # (past-the-end rows need no mask: p = 0 there)
         for g in range(0, GROUP):
             h = hk * GROUP + g
-            dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, offs_d, dmask,
-                                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window,
-                                 lo, mid_lo, True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, offs_d, dmask,
-                                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window,
-                                 mid_lo, mid_hi, False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, offs_d, dmask,
-                                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window,
-                                 mid_hi, hi, True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M)
-        tl.store(DK + rows_n * stride_dkt + hk * stride_dkh + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
-                 mask=nmask)
-        tl.store(DV + rows_n * stride_dvt + hk * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=nmask)
+            dk_a, dk_b, dv_a, dv_b = _dkdv_tiles(
+                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
+                stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, lo, mid_lo,
+                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB)
+            dk_a, dk_b, dv_a, dv_b = _dkdv_tiles(
+                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
+                stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, mid_lo, mid_hi,
+                False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB)
+            dk_a, dk_b, dv_a, dv_b = _dkdv_tiles(
+                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
+                stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, mid_hi, hi,
+                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB)
+        _store_head(DK + hk * stride_dkh, rows_n, stride_dkt, nmask, D, dk_a * sm_scale, dk_b * sm_scale,
+                    BLOCK_DA, BLOCK_DB)
+        _store_head(DV + hk * stride_dvh, rows_n, stride_dvt, nmask, D, dv_a, dv_b, BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, offs_d, dmask,
+def _dq_tiles(dq_a, dq_b, qa, qb, doa, dob, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, D,
               stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, tile_lo, tile_hi,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+              BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
     """dQ of one query block from the key tiles starting in [tile_lo, tile_hi)."""
     for start_n in range(tile_lo, tile_hi, BLOCK_N):
         cols = start_n + offs_n
         kv_rows = (start + cols[:, None]).to(tl.int64)
-        if MASKED:
-            kvmask = (cols[:, None] < seqlen) & dmask
-        else:
-            kvmask = dmask
-        k = tl.load(K + kv_rows * stride_kt + hk * stride_kh + offs_d[None, :], mask=kvmask, other=0.0)
-        v = tl.load(V + kv_rows * stride_vt + hk * stride_vh + offs_d[None, :], mask=kvmask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        row_mask = cols[:, None] < seqlen
+        ka, kb = _load_head(K + hk * stride_kh, kv_rows, stride_kt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        va, vb = _load_head(V + hk * stride_vh, kv_rows, stride_vt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        qk = _dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:
             visible = cols[None, :] < seqlen
@@ -270,10 +333,12 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, of
             if HAS_WINDOW:
                 visible = visible & (offs_m[:, None] - cols[None, :] < window)
             p = tl.where(visible, p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    return dq
+        dp = _dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
+        ds = (p * (dp - delta[:, None])).to(ka.dtype)
+        dq_a += tl.dot(ds, ka, input_precision=PRECISION)
+        if BLOCK_DB > 0:
+            dq_b += tl.dot(ds, kb, input_precision=PRECISION)
+    return dq_a, dq_b
 
 
 @triton.jit
@@ -283,7 +348,8 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
                         qk_scale, sm_scale, window, GROUP, D,
                         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
                         HEAVY_FIRST: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                        BLOCK_DB: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -297,15 +363,17 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
         m0 = pid_m * BLOCK_M
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        dmask = offs_d[None, :] < D
-        mmask = (offs_m[:, None] < seqlen) & dmask
+        mmask = offs_m[:, None] < seqlen
         rows_m = (start + offs_m[:, None]).to(tl.int64)
-        q = tl.load(Q + rows_m * stride_qt + h * stride_qh + offs_d[None, :], mask=mmask, other=0.0)
-        do = tl.load(DO + rows_m * stride_dot + h * stride_doh + offs_d[None, :], mask=mmask, other=0.0)
+        qa, qb = _load_head(Q + h * stride_qh, rows_m, stride_qt, mmask, D, BLOCK_DA, BLOCK_DB)
+        doa, dob = _load_head(DO + h * stride_doh, rows_m, stride_dot, mmask, D, BLOCK_DA, BLOCK_DB)
         lse = tl.load(LSE + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=float("inf"))
         delta = tl.load(DELTA + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=0.0)
-        dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        dq_a = tl.zeros((BLOCK_M, BLOCK_DA), tl.float32)
+        if BLOCK_DB > 0:
+            dq_b = tl.zeros((BLOCK_M, BLOCK_DB), tl.float32)
+        else:
+            dq_b = 0.0  # (unused; a scalar, so that the loops carry no second tile)
         # key tiles as in the forward (offset 0): [mid_lo, mid_hi) visible to every row of the block
         hi = seqlen
         full_hi = seqlen
@@ -319,17 +387,17 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
             lo = (lo // BLOCK_N) * BLOCK_N
             full_lo = m0 + BLOCK_M - window
         mid_lo, mid_hi = _unmasked_tiles(lo, hi, full_lo, full_hi, BLOCK_N)
-        dq = _dq_tiles(dq, q, do, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, offs_d, dmask,
-                       stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, lo, mid_lo,
-                       True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
-        dq = _dq_tiles(dq, q, do, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, offs_d, dmask,
-                       stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, mid_lo, mid_hi,
-                       False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
-        dq = _dq_tiles(dq, q, do, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, offs_d, dmask,
-                       stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, mid_hi, hi,
-                       True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N)
-        tl.store(DQ + rows_m * stride_dqt + h * stride_dqh + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-                 mask=mmask)
+        dq_a, dq_b = _dq_tiles(dq_a, dq_b, qa, qb, doa, dob, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, D,
+                               stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, lo, mid_lo,
+                               True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+        dq_a, dq_b = _dq_tiles(dq_a, dq_b, qa, qb, doa, dob, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, D,
+                               stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, mid_lo, mid_hi,
+                               False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+        dq_a, dq_b = _dq_tiles(dq_a, dq_b, qa, qb, doa, dob, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, D,
+                               stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, mid_hi, hi,
+                               True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+        _store_head(DQ + h * stride_dqh, rows_m, stride_dqt, mmask, D, dq_a * sm_scale, dq_b * sm_scale,
+                    BLOCK_DA, BLOCK_DB)
 
 
 # (BLOCK_M, BLOCK_N) under the interpreter: small, so that CPU tests cross several tiles cheaply; tests
@@ -337,6 +405,21 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
 INTERPRET_BLOCKS = (16, 16)
 # causal query blocks in reverse grid order (see _query_block); a switch so benchmarks can compare
 HEAVY_FIRST = True
+# head dims that are not a power of two as two tile parts instead of one padded one (_head_split). Off
+# until a GPU benchmark says it pays (benchmarks/sweep_attention_tiles.py measures both); tested both ways.
+SPLIT_HEAD_DIM = False
+
+
+def _head_split(D: int) -> tuple[int, int]:
+    """(BLOCK_DA, BLOCK_DB): the head dim as tile columns. Without SPLIT_HEAD_DIM, or for a power of two,
+    one part padded to the next power of two (Phi-3's 96 -> 128: a quarter of every matmul on zeros).
+    With it, a power-of-two part and a second, smaller one: 96 = 64 + 32, 80 = 64 + 16, 24 = 16 + 16 (8
+    masked); every tl.dot over the head dim becomes two, the accumulators over it two."""
+    whole = max(16, next_pow2(D))
+    if not SPLIT_HEAD_DIM or whole == D or D <= 16:
+        return whole, 0
+    first = whole // 2  # the largest power of two below D
+    return first, max(16, next_pow2(D - first))
 
 
 def _cfg(D: int, kernel: str) -> dict:
@@ -346,14 +429,16 @@ def _cfg(D: int, kernel: str) -> dict:
     fastest by benchmarks/sweep_attention_tiles.py (_flash.BACKWARD_TILES). In the H200 sweep the forward's
     128 x 128 was 4% faster but spills at sm_90 (scripts/triton_sm90_check.py); not taken."""
     block_d = max(16, next_pow2(D))
+    da, db = _head_split(D)
+    heads = dict(BLOCK_DA=da, BLOCK_DB=db)
     if interpreting():
         bm, bn = INTERPRET_BLOCKS
-        return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=1, num_stages=1)
+        return dict(BLOCK_M=bm, BLOCK_N=bn, **heads, num_warps=1, num_stages=1)
     if kernel in BACKWARD_TILES:
-        return dict(BACKWARD_TILES[kernel], BLOCK_D=block_d)
+        return dict(BACKWARD_TILES[kernel], **heads)
     if kernel == "fwd_window" and block_d > 64:
-        return dict(BLOCK_M=128, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8, num_stages=3)
+        return dict(BLOCK_M=128, BLOCK_N=32, **heads, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=128, BLOCK_N=64, **heads, num_warps=4 if block_d <= 64 else 8, num_stages=3)
 
 
 def _precision(dtype: torch.dtype) -> str:
