@@ -52,7 +52,8 @@ if [[ "$PARTS" == *bench* ]]; then
   echo "== gpu_bench ($left s)"
   GPU_BENCH_BUDGET_S=$left bash scripts/gpu_bench.sh "$WORK/bench"; rc_bench=$?
 fi
-cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$WORK"/check/sweep_attention_tiles.json "$WORK"/check/profile_kernels.json "$OUTDIR"/ 2>/dev/null
+cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$WORK"/check/sweep_attention_tiles.json "$WORK"/check/sweep_rms_norm.json \
+  "$WORK"/check/profile_kernels.json "$OUTDIR"/ 2>/dev/null
 cat "$WORK"/check/steps.jsonl "$WORK"/bench/steps.jsonl >"$OUTDIR/steps.txt" 2>/dev/null
 tar czf "$OUTDIR/logs.tar.gz" -C "$WORK" .
 echo "== gpu_session: check rc=$rc_check, bench rc=$rc_bench, total $(( $(date +%s) - START ))s; in $OUTDIR:"

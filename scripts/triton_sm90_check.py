@@ -83,6 +83,13 @@ def _workloads():
     def rms():
         fwd_bwd(rms_norm_triton(leaf(4, 3072), leaf(3072), 1e-5))
         fwd_bwd(rms_norm_triton(leaf(4, 1152), leaf(1152), 1e-5))
+        from xgenmm_fast.ops.triton import rms_norm as rn  # the sweep's several-rows-per-step variant
+        before = dict(rn.BWD_TUNING)
+        try:
+            rn.BWD_TUNING.update(rows_per_step=2, num_warps=16)
+            fwd_bwd(rms_norm_triton(leaf(4, 3072), leaf(3072), 1e-5))
+        finally:
+            rn.BWD_TUNING.update(before)
 
     def swiglu():
         fwd_bwd(swiglu_triton(leaf(4, 2 * 8192)))

@@ -1,0 +1,121 @@
+"""Launch-option sweep for the RMSNorm backward on a GPU: rows per step, programs per SM and warps
+(`rms_norm.BWD_TUNING`), timed as bench_kernels' rms_norm_fwd_bwd row (16384 x 3072, bf16) and as GB/s
+against the device copy bandwidth measured in the same run. Exploration for choosing BWD_TUNING, like
+sweep_attention_tiles.py for the attention tiles; #4's target is >= 70% of the copy bandwidth.
+
+    python benchmarks/sweep_rms_norm.py --out /tmp/rms.json [--budget-s 40] [--rep-ms 50]
+
+Each candidate is compared with the default options' dx and dweight (max_abs_diff); the defaults are
+measured first. Writes one JSON document (device, versions, date, commit, rows) after every row and a table
+on stdout. --smoke: CPU under TRITON_INTERPRET=1, tiny shapes, a few candidates.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import round_sig, run_metadata, write_json_atomic  # noqa: E402
+
+import xgenmm_fast.ops.triton.rms_norm as rn  # noqa: E402
+
+CANDIDATES = [dict(rows_per_step=r, programs_per_sm=p, num_warps=w)
+              for r, p, w in itertools.product((1, 2, 4), (2, 4, 8), (4, 8, 16))]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--rep-ms", type=float, default=50.0)
+    p.add_argument("--budget-s", type=float, default=40.0, help="stop starting candidates after this long")
+    p.add_argument("--smoke", action="store_true", help="CPU under TRITON_INTERPRET=1, tiny shapes")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        print("sweep_rms_norm: needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1)", file=sys.stderr)
+        return 2
+    if args.smoke and os.environ.get("TRITON_INTERPRET") != "1":
+        print("sweep_rms_norm: --smoke runs under the Triton interpreter; set TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    import triton.testing
+
+    dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
+    R, E = (37, 200) if args.smoke else (16384, 3072)
+    torch.manual_seed(0)
+    x = torch.randn(R, E, device=dev, dtype=dtype, requires_grad=True)
+    w = torch.randn(E, device=dev, dtype=dtype, requires_grad=True)
+    dy = torch.randn(R, E, device=dev, dtype=dtype)
+    nbytes = 5 * R * E * x.element_size()  # as bench_kernels: fwd read x + write y, bwd read x, dy + write dx
+
+    def fwd_bwd():
+        x.grad = w.grad = None
+        rn.rms_norm_triton(x, w, 1e-5).backward(dy)
+        return [x.grad, w.grad]
+
+    def timer(fn) -> float:
+        if args.smoke:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        return float(triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median"))
+
+    copy_gbps = None
+    if not args.smoke:  # device copy bandwidth, bytes read + written, as bench_kernels measures it
+        a = torch.empty(256 * 2 ** 20, dtype=torch.uint8, device=dev)
+        b = torch.empty_like(a)
+        copy_gbps = 2 * a.numel() / timer(lambda: b.copy_(a)) / 1e6
+    default = dict(rn.BWD_TUNING)
+    expected = fwd_bwd()
+    expected = [t.clone() for t in expected]
+    rows = []
+    meta = run_metadata()
+    t_start = time.time()
+
+    def save():
+        write_json_atomic(args.out, {**{k: meta[k] for k in ("device", "date", "commit", "torch", "triton", "python")},
+                                     "script": "sweep_rms_norm", "argv": sys.argv[1:], "shape": [R, E],
+                                     "dtype": str(dtype).replace("torch.", ""), "copy_gbps": copy_gbps,
+                                     "seconds": round(time.time() - t_start, 1), "rows": rows})
+
+    for cand in [default] + (CANDIDATES[::9] if args.smoke else CANDIDATES):  # (smoke: 1, 2, 4 rows per step)
+        if time.time() - t_start > args.budget_s:
+            break
+        row = {"options": cand, "default": cand == default}
+        rn.BWD_TUNING.update(cand)
+        try:
+            ms = timer(fwd_bwd)
+            got = fwd_bwd()
+            row.update(ms=round_sig(ms, 4), gbps=round_sig(nbytes / ms / 1e6, 4),
+                       max_abs_diff=round_sig(max((g.float() - e.float()).abs().max().item()
+                                                  for g, e in zip(got, expected)), 3))
+            if copy_gbps:
+                row["frac_copy"] = round_sig(row["gbps"] / copy_gbps, 3)
+        except Exception as e:  # noqa: BLE001 -- a candidate that does not compile is a result too
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        finally:
+            rn.BWD_TUNING.clear()
+            rn.BWD_TUNING.update(default)
+        rows.append(row)
+        save()
+        print(json.dumps(row), flush=True)
+    save()
+    print(f"{'rows/step':>9s} {'prog/SM':>7s} {'warps':>5s} {'ms':>8s} {'GB/s':>8s} {'%copy':>6s} max|diff|")
+    for r in sorted(rows, key=lambda r: r.get("ms", 1e9)):
+        o = r["options"]
+        print(f"{o['rows_per_step']:9d} {o['programs_per_sm']:7d} {str(o['num_warps']):>5s} "
+              f"{r.get('ms', float('nan')):8.3f} {r.get('gbps', float('nan')):8.1f} "
+              f"{100 * r.get('frac_copy', float('nan')):6.1f} {r.get('max_abs_diff', '')} {r.get('error', '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
