@@ -7,6 +7,8 @@ chosen tiles against baselines.
 
 Shapes: Phi-3 (32 heads, head dim 96), bf16, causal, no window.
 - fwd: 4 x 4096 tokens (bench_kernels' varlen_attn_fwd/4k); TFLOP/s counts the visible half (QKᵀ and PV).
+- perceiver (family "perceiver"): the perceiver's varlen attention fwd+bwd as the model runs it (40 tiles,
+  16 heads, 128 latents, 729 media tokens, 24% masked), its dkdv / dq / fwd tiles varied one at a time.
 - fwd_bwd (defaults, both block orders), dkdv, dq: 8 x 2048 tokens (bench_kernels' equal_length row); the forward + backward is timed with one
   backward kernel's tiles varied and the other at its default, so differences between rows are that
   kernel's; TFLOP/s over 3.5x the forward's FLOPs.
@@ -29,6 +31,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from _common import round_sig, run_metadata, write_json_atomic  # noqa: E402
 
+import xgenmm_fast.ops.triton.perceiver_attention as pa  # noqa: E402
+import xgenmm_fast.ops.triton.perceiver_varlen as pv  # noqa: E402
 import xgenmm_fast.ops.triton.varlen_attention as va  # noqa: E402
 
 FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
@@ -41,6 +45,16 @@ DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
 DQ = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
       for bm, bn, w, s in [(64, 32, 8, 2), (64, 32, 4, 2), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 2),
                            (64, 64, 4, 2), (128, 64, 8, 2), (64, 16, 4, 2), (32, 64, 4, 2)]]
+
+
+# the perceiver (128 queries per tile: a dK/dV program sees all of them in one or two query tiles)
+PERCEIVER_DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+                  for bm, bn, w, st in [(32, 64, 8, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 32, 4, 2),
+                                        (128, 64, 4, 2)]]
+PERCEIVER_DQ = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+                for bm, bn, w, st in [(64, 32, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2)]]
+PERCEIVER_FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+                 for bm, bn, w, st in [(128, 64, 8, 3), (64, 128, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3)]]
 
 
 def parse_args(argv=None):
@@ -94,19 +108,28 @@ def main(argv=None) -> int:
     dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
     long_lens, eq_lens = ([40, 24], [32, 17]) if args.smoke else ([4096] * 4, [2048] * 8)
     default_cfg, default_split = va._cfg, va.SPLIT_HEAD_DIM
+    default_perceiver_cfg = pa._cfg
     rows = []
 
-    def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False):
+    def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False,
+                family: str = "lm"):
         if time.time() - t_start > args.budget_s:
             return
         row = {"kernel": kernel, "tiles": tiles or "default", "heavy_first": heavy_first, "split_head_dim": split}
+        if family != "lm":
+            row = {"family": family, **row}
 
-        def cfg(Dh, k):
-            c = default_cfg(Dh, k)
-            if tiles is not None and k == kernel:
-                c.update(tiles)
-            return c
-        va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = cfg, heavy_first, split
+        def patched(default):
+            def cfg(Dh, k):
+                c = default(Dh, k)
+                if tiles is not None and k == kernel:
+                    c.update(tiles)
+                return c
+            return cfg
+        if family == "lm":
+            va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = patched(default_cfg), heavy_first, split
+        else:  # perceiver_varlen imported perceiver_attention's _cfg by name: patch both
+            pa._cfg = pv._cfg = patched(default_perceiver_cfg)
         try:
             ms = timer(fn)
             row["max_abs_diff"] = round_sig(max((a.float() - b.float()).abs().max().item()
@@ -118,6 +141,7 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
         finally:
             va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = default_cfg, True, default_split
+            pa._cfg = pv._cfg = default_perceiver_cfg
         rows.append(row)
         save()
         print(json.dumps(row), flush=True)
@@ -137,7 +161,28 @@ def main(argv=None) -> int:
         out.backward(g2)
         return [out.detach(), q2.grad, k2.grad, v2.grad]
 
-    expected = {fwd: fwd(), fwd_bwd: fwd_bwd()}  # the default tiles' outputs: each candidate is compared
+    # the perceiver's attention as the model runs it (perceiver_varlen): 40 tiles (8 images x 5), 16 heads,
+    # 128 latents, 729 media tokens of which 24% masked (bench_kernels' perceiver rows), head dim 96
+    PN, PH, PL, PM = (4, 2, 16, 27) if args.smoke else (40, 16, 128, 729)
+    keep = torch.ones(PN, PM, dtype=torch.bool)
+    for n in range(PN):
+        if n % 5:
+            keep[n, :PM * 3 // 20] = keep[n, PM - PM * 3 // 20:] = False
+    cu_p = torch.tensor([0] + keep.sum(1).cumsum(0).tolist(), dtype=torch.int32, device=dev)
+    total = int(keep.sum())
+    pq, pkl, pvl = (torch.randn(PN, PH, PL, D, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
+    pkm, pvm = (torch.randn(total, PH, D, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
+    pg = torch.randn(PN, PH, PL, D, device=dev, dtype=dtype)
+    pflops = 3.5 * 4 * PH * PL * D * (total + PN * PL)
+
+    def perceiver_fwd_bwd():
+        for t in (pq, pkm, pvm, pkl, pvl):
+            t.grad = None
+        out = pv.perceiver_attention_varlen_triton(pq, pkm, pvm, cu_p, pkl, pvl, D ** -0.5, max_media=PM)
+        out.backward(pg)
+        return [out.detach(), pq.grad, pkm.grad, pvm.grad, pkl.grad, pvl.grad]
+
+    expected = {fwd: fwd(), fwd_bwd: fwd_bwd(), perceiver_fwd_bwd: perceiver_fwd_bwd()}  # default tiles' outputs
 
     measure("fwd", None, fwd, flops4)
     measure("fwd", None, fwd, flops4, split=True)
@@ -145,6 +190,10 @@ def main(argv=None) -> int:
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True)
     measure("fwd", None, fwd, flops4, heavy_first=False)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, heavy_first=False)
+    measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver")
+    for kernel, cands in (("dkdv", PERCEIVER_DKDV), ("dq", PERCEIVER_DQ), ("fwd", PERCEIVER_FWD)):
+        for tiles in cands[:1] if args.smoke else cands:
+            measure(kernel, tiles, perceiver_fwd_bwd, pflops, family="perceiver")
     for split in (True, False):  # the two-part head dim first: the padded tiles were swept on 2026-11-26
         for kernel, cands, fn, fl in (("fwd", FWD, fwd, flops4), ("dkdv", DKDV, fwd_bwd, 3.5 * flops2),
                                       ("dq", DQ, fwd_bwd, 3.5 * flops2)):
