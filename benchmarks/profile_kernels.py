@@ -11,7 +11,6 @@ tiny shapes; CPU operator times instead of kernels) to check that the script run
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_kernels  # noqa: E402
 from _common import round_sig, run_metadata, write_json_atomic  # noqa: E402
+from _sweep import exit_on_device_problem, header  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -65,10 +65,10 @@ def profile_row(fn, calls: int, cuda: bool, top: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.smoke:
-        print("profile_kernels: needs a CUDA GPU (or --smoke under TRITON_INTERPRET=1)", file=sys.stderr)
-        return 2
+    problem = exit_on_device_problem("profile_kernels", args.smoke)
+    if problem:
+        return problem
+    cuda = not args.smoke
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     torch.manual_seed(0)
     only = args.only.split(",")
@@ -86,8 +86,7 @@ def main(argv=None) -> int:
         print(f"profile_kernels: no bench_kernels row named {missing}", file=sys.stderr)
     if args.out:
         meta = run_metadata()
-        write_json_atomic(args.out, {**{k: meta[k] for k in ("device", "date", "commit", "torch", "triton", "python")},
-                                     "script": "profile_kernels", "argv": sys.argv[1:], "rows": rows})
+        write_json_atomic(args.out, {**header(meta, "profile_kernels"), "rows": rows})
     return 1 if missing else 0
 
 

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from _common import round_sig, run_metadata, write_json_atomic  # noqa: E402
+from _sweep import error_text, exit_on_device_problem, header, timer  # noqa: E402
 
 import xgenmm_fast.ops.triton.perceiver_attention as pa  # noqa: E402
 import xgenmm_fast.ops.triton.perceiver_varlen as pv  # noqa: E402
@@ -78,27 +79,15 @@ def packed(lens, H, D, dev, dtype):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.smoke and not torch.cuda.is_available():
-        print("sweep_attention_tiles: needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1)", file=sys.stderr)
-        return 2
-    if args.smoke and os.environ.get("TRITON_INTERPRET") != "1":
-        print("sweep_attention_tiles: --smoke runs under the Triton interpreter; set TRITON_INTERPRET=1",
-              file=sys.stderr)
-        return 2
-    import triton.testing
-
-    def timer(fn) -> float:
-        if args.smoke:
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
-        return float(triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median"))
+    problem = exit_on_device_problem("sweep_attention_tiles", args.smoke)
+    if problem:
+        return problem
+    timer_ms = timer(args.smoke, args.rep_ms)
 
     meta = run_metadata()
 
     def save():  # after every row: a sweep cut off by its time limit keeps what it measured
-        doc = {**{k: meta[k] for k in ("device", "date", "commit", "torch", "triton", "python") if k in meta},
-               "script": "sweep_attention_tiles", "argv": sys.argv[1:], "heads": H, "head_dim": D,
+        doc = {**header(meta, "sweep_attention_tiles"), "heads": H, "head_dim": D,
                "shapes": {"fwd": f"{long_lens} causal", "fwd_bwd/dkdv/dq": f"{eq_lens} causal fwd+bwd"},
                "seconds": round(time.time() - t_start, 1), "rows": rows}
         write_json_atomic(args.out, doc)
@@ -131,12 +120,12 @@ def main(argv=None) -> int:
         else:  # perceiver_varlen imported perceiver_attention's _cfg by name: patch both
             pa._cfg = pv._cfg = patched(default_perceiver_cfg)
         try:
-            ms = timer(fn)
+            ms = timer_ms(fn)
             row["max_abs_diff"] = round_sig(max((a.float() - b.float()).abs().max().item()
                                                 for a, b in zip(fn(), expected[fn])), 3)
             row.update(ms=round_sig(ms, 4), tflops=round_sig(flops / ms / 1e9, 4))
         except Exception as e:  # noqa: BLE001 -- a candidate that does not compile is a result too
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            row["error"] = error_text(e)
             if not args.smoke:
                 torch.cuda.synchronize()
         finally:

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from _common import round_sig, run_metadata, write_json_atomic  # noqa: E402
+from _sweep import error_text, exit_on_device_problem, header, timer  # noqa: E402
 
 import xgenmm_fast.ops.triton.rms_norm as rn  # noqa: E402
 
@@ -40,13 +41,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.smoke and not torch.cuda.is_available():
-        print("sweep_rms_norm: needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1)", file=sys.stderr)
-        return 2
-    if args.smoke and os.environ.get("TRITON_INTERPRET") != "1":
-        print("sweep_rms_norm: --smoke runs under the Triton interpreter; set TRITON_INTERPRET=1", file=sys.stderr)
-        return 2
-    import triton.testing
+    problem = exit_on_device_problem("sweep_rms_norm", args.smoke)
+    if problem:
+        return problem
 
     dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
     R, E = (37, 200) if args.smoke else (16384, 3072)
@@ -61,18 +58,13 @@ def main(argv=None) -> int:
         rn.rms_norm_triton(x, w, 1e-5).backward(dy)
         return [x.grad, w.grad]
 
-    def timer(fn) -> float:
-        if args.smoke:
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
-        return float(triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median"))
+    timer_ms = timer(args.smoke, args.rep_ms)
 
     copy_gbps = None
     if not args.smoke:  # device copy bandwidth, bytes read + written, as bench_kernels measures it
         a = torch.empty(256 * 2 ** 20, dtype=torch.uint8, device=dev)
         b = torch.empty_like(a)
-        copy_gbps = 2 * a.numel() / timer(lambda: b.copy_(a)) / 1e6
+        copy_gbps = 2 * a.numel() / timer_ms(lambda: b.copy_(a)) / 1e6
     default = dict(rn.BWD_TUNING)
     expected = fwd_bwd()
     expected = [t.clone() for t in expected]
@@ -81,8 +73,7 @@ def main(argv=None) -> int:
     t_start = time.time()
 
     def save():
-        write_json_atomic(args.out, {**{k: meta[k] for k in ("device", "date", "commit", "torch", "triton", "python")},
-                                     "script": "sweep_rms_norm", "argv": sys.argv[1:], "shape": [R, E],
+        write_json_atomic(args.out, {**header(meta, "sweep_rms_norm"), "shape": [R, E],
                                      "dtype": str(dtype).replace("torch.", ""), "copy_gbps": copy_gbps,
                                      "seconds": round(time.time() - t_start, 1), "rows": rows})
 
@@ -92,7 +83,7 @@ def main(argv=None) -> int:
         row = {"options": cand, "default": cand == default}
         rn.BWD_TUNING.update(cand)
         try:
-            ms = timer(fwd_bwd)
+            ms = timer_ms(fwd_bwd)
             got = fwd_bwd()
             row.update(ms=round_sig(ms, 4), gbps=round_sig(nbytes / ms / 1e6, 4),
                        max_abs_diff=round_sig(max((g.float() - e.float()).abs().max().item()
@@ -100,7 +91,7 @@ def main(argv=None) -> int:
             if copy_gbps:
                 row["frac_copy"] = round_sig(row["gbps"] / copy_gbps, 3)
         except Exception as e:  # noqa: BLE001 -- a candidate that does not compile is a result too
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            row["error"] = error_text(e)
         finally:
             rn.BWD_TUNING.clear()
             rn.BWD_TUNING.update(default)

@@ -32,9 +32,8 @@ def _pack(lens, Hq, Hkv, D, dtype):
     return q, k, v, cu.to(DEVICE)
 
 
-@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_varlen_attention_matches_reference(lens, Hq, Hkv, D, window, causal, dtype, seed):
+def _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, dtype):
+    """Our forward and q/k/v gradients against the fp64 reference on fresh random inputs."""
     q, k, v, cu = _pack(lens, Hq, Hkv, D, dtype)
     o = varlen_attention_triton(q, k, v, cu, causal=causal, sliding_window=window)
     do = torch.randn(o.shape).to(DEVICE, dtype)
@@ -44,6 +43,12 @@ def test_varlen_attention_matches_reference(lens, Hq, Hkv, D, window, causal, dt
     ref.backward(do.double().cpu())
     check("varlen_fwd", [o], [ref], TOL[dtype])
     check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[dtype], GRAD_FLOOR)
+
+
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_varlen_attention_matches_reference(lens, Hq, Hkv, D, window, causal, dtype, seed):
+    _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, dtype)
 
 
 @pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", [c for c in CASES if c[3] & (c[3] - 1)] + [
@@ -55,15 +60,7 @@ def test_varlen_attention_split_head_dim(lens, Hq, Hkv, D, window, causal, dtype
     from xgenmm_fast.ops.triton import varlen_attention as mod
     monkeypatch.setattr(mod, "SPLIT_HEAD_DIM", True)
     assert mod._cfg(D, "fwd")["BLOCK_DB"] > 0
-    q, k, v, cu = _pack(lens, Hq, Hkv, D, dtype)
-    o = varlen_attention_triton(q, k, v, cu, causal=causal, sliding_window=window)
-    do = torch.randn(o.shape).to(DEVICE, dtype)
-    o.backward(do)
-    q64, k64, v64 = as64(q, k, v)
-    ref = varlen_attention_reference(q64, k64, v64, cu.cpu(), causal=causal, sliding_window=window)
-    ref.backward(do.double().cpu())
-    check("varlen_fwd", [o], [ref], TOL[dtype])
-    check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[dtype], GRAD_FLOOR)
+    _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, dtype)
     kc, vc, qd = torch.randn(2, Hkv, 40, D), torch.randn(2, Hkv, 40, D), torch.randn(2, Hq, 5, D)
     seqlens = torch.tensor([40, 17], dtype=torch.int32)
     od = decode_attention_triton(*(leaf(t, dtype, False) for t in (qd, kc, vc)), seqlens.to(DEVICE),
@@ -112,16 +109,7 @@ def test_varlen_attention_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, 
     from xgenmm_fast.ops.triton import varlen_attention as mod
     monkeypatch.setattr(mod, "INTERPRET_BLOCKS", blocks)
     monkeypatch.setattr(mod, "SPLIT_HEAD_DIM", split)
-    q, k, v, cu = _pack(lens, Hq, Hkv, D, torch.float32)
-    o = varlen_attention_triton(q, k, v, cu, causal=causal, sliding_window=window)
-    do = torch.randn(o.shape)
-    o.backward(do)
-    q64, k64, v64 = as64(q, k, v)
-    ref = varlen_attention_reference(q64, k64, v64, cu.cpu(), causal=causal, sliding_window=window)
-    ref.backward(do.double())
-    check("varlen_fwd", [o], [ref], TOL[torch.float32])
-    check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[torch.float32],
-          GRAD_FLOOR)
+    _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
 
 
 @pytest.mark.parametrize("heavy_first", [True, False])
@@ -133,15 +121,7 @@ def test_varlen_attention_block_order(heavy_first, window, monkeypatch, seed):
     monkeypatch.setattr(mod, "HEAVY_FIRST", heavy_first)
     dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     lens = [300, 129, 7] if DEVICE == "cuda" else [70, 33, 7]  # several query blocks per sequence
-    q, k, v, cu = _pack(lens, 2, 1, 32, dtype)
-    o = varlen_attention_triton(q, k, v, cu, sliding_window=window)
-    do = torch.randn(o.shape).to(DEVICE, dtype)
-    o.backward(do)
-    q64, k64, v64 = as64(q, k, v)
-    ref = varlen_attention_reference(q64, k64, v64, cu.cpu(), sliding_window=window)
-    ref.backward(do.double().cpu())
-    check("varlen_fwd", [o], [ref], TOL[dtype])
-    check("varlen_bwd", [q.grad, k.grad, v.grad], [q64.grad, k64.grad, v64.grad], TOL_ATTN_BWD[dtype], GRAD_FLOOR)
+    _check_fwd_bwd(lens, 2, 1, 32, window, True, dtype)
     kc, vc = torch.randn(2, 1, 90, 32), torch.randn(2, 1, 90, 32)
     qd = torch.randn(2, 2, 37, 32)
     seqlens = torch.tensor([90, 41], dtype=torch.int32)
