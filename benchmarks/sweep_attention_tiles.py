@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
     long_lens, eq_lens = ([40, 24], [32, 17]) if args.smoke else ([4096] * 4, [2048] * 8)
     default_cfg, default_split = va._cfg, va.SPLIT_HEAD_DIM
-    default_perceiver_cfg = pa._cfg
+    default_perceiver_cfg, default_perceiver_split = pa._cfg, pa.SPLIT_HEAD_DIM
     rows = []
 
     def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False,
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
             va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = patched(default_cfg), heavy_first, split
         else:  # perceiver_varlen imported perceiver_attention's _cfg by name: patch both
             pa._cfg = pv._cfg = patched(default_perceiver_cfg)
+            pa.SPLIT_HEAD_DIM = split
         try:
             ms = timer_ms(fn)
             row["max_abs_diff"] = round_sig(max((a.float() - b.float()).abs().max().item()
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
         finally:
             va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = default_cfg, True, default_split
             pa._cfg = pv._cfg = default_perceiver_cfg
+            pa.SPLIT_HEAD_DIM = default_perceiver_split
         rows.append(row)
         save()
         print(json.dumps(row), flush=True)
@@ -180,6 +182,7 @@ def main(argv=None) -> int:
     measure("fwd", None, fwd, flops4, heavy_first=False)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, heavy_first=False)
     measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver")
+    measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver", split=True)
     for kernel, cands in (("dkdv", PERCEIVER_DKDV), ("dq", PERCEIVER_DQ), ("fwd", PERCEIVER_FWD)):
         for tiles in cands[:1] if args.smoke else cands:
             measure(kernel, tiles, perceiver_fwd_bwd, pflops, family="perceiver")

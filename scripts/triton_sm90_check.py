@@ -144,6 +144,14 @@ def _workloads():
         fwd_bwd(perceiver_attention_varlen_triton(leaf(n, hh, lat, d), leaf(75, hh, d), leaf(75, hh, d), cu,
                                                   leaf(n, hh, lat, d), leaf(n, hh, lat, d), d ** -0.5, max_media=m))
 
+    def perceiver_split_head_dim():  # the two-part head dim (perceiver SPLIT_HEAD_DIM, off by default)
+        from xgenmm_fast.ops.triton import perceiver_attention as pa
+        before, pa.SPLIT_HEAD_DIM = pa.SPLIT_HEAD_DIM, True
+        try:
+            perceiver()
+        finally:
+            pa.SPLIT_HEAD_DIM = before
+
     def vision_merge():
         ids = torch.tensor([1, 5, 1002, 3, 5, 1001])
         W, A, T = leaf(1000, 3072), leaf(3, 3072), leaf(4, 3072)
@@ -151,7 +159,8 @@ def _workloads():
 
     return [("rms_norm", rms), ("swiglu", swiglu), ("rope", rope), ("fused_linear_ce", linear_ce),
             ("varlen_attention", varlen_attention),
-            ("varlen_attention_split_head_dim", varlen_attention_split_head_dim), ("perceiver", perceiver), ("vision_merge", vision_merge)]
+            ("varlen_attention_split_head_dim", varlen_attention_split_head_dim), ("perceiver", perceiver),
+            ("perceiver_split_head_dim", perceiver_split_head_dim), ("vision_merge", vision_merge)]
 
 
 def _type_of(value) -> str:

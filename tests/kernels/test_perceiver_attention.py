@@ -36,9 +36,17 @@ def _mask(kind, N, M):
     return m.to(DEVICE)
 
 
-@pytest.mark.parametrize("N,H,L,M,D,mask_kind", CASES)
+# each case with the padded head dim, and those whose head dim is not a power of two also split in two
+# tile parts (SPLIT_HEAD_DIM: 24 = 16 + 16, 96 = 64 + 32)
+SPLIT_CASES = [(*c, False) for c in CASES] + [(*c, True) for c in CASES if c[4] & (c[4] - 1)]
+
+
+@pytest.mark.parametrize("N,H,L,M,D,mask_kind,split", SPLIT_CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_perceiver_attention_matches_reference(N, H, L, M, D, mask_kind, dtype, seed):
+def test_perceiver_attention_matches_reference(N, H, L, M, D, mask_kind, split, dtype, monkeypatch, seed):
+    from xgenmm_fast.ops.triton import perceiver_attention as pa
+    monkeypatch.setattr(pa, "SPLIT_HEAD_DIM", split)
+    assert (pa._cfg(D, "fwd")["BLOCK_DB"] > 0) == split
     # (N, T, H, D) -> (N, H, T, D) views, as the model's _heads() produces
     q, km, vm, kl, vl = (leaf(torch.randn(N, T, H, D), dtype).transpose(1, 2) for T in (L, M, M, L, L))
     for t in (q, km, vm, kl, vl):

@@ -50,10 +50,18 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("H,L,D,counts", CASES)
+# each case with the padded head dim, and those whose head dim is not a power of two also split in two
+# tile parts (SPLIT_HEAD_DIM: 24 = 16 + 16, 96 = 64 + 32, 40 = 32 + 16)
+SPLIT_CASES = [(*c, False) for c in CASES] + [(*c, True) for c in CASES if c[2] & (c[2] - 1)]
+
+
+@pytest.mark.parametrize("H,L,D,counts,split", SPLIT_CASES)
 @pytest.mark.parametrize("bound", ["exact", "padded"])  # max_media computed by the op / a larger upper bound
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_perceiver_varlen_matches_loop_reference(H, L, D, counts, bound, dtype, seed):
+def test_perceiver_varlen_matches_loop_reference(H, L, D, counts, split, bound, dtype, monkeypatch, seed):
+    from xgenmm_fast.ops.triton import perceiver_attention as pa
+    monkeypatch.setattr(pa, "SPLIT_HEAD_DIM", split)
+    assert (pa._cfg(D, "fwd")["BLOCK_DB"] > 0) == split
     if counts == "random":
         counts = [0, 1] + torch.randint(0, 37, (3,)).tolist()
     N, T = len(counts), sum(counts)
@@ -145,14 +153,15 @@ def test_torch_compile_over_perceiver_varlen(seed):
     assert abs(eager.item() - compiled.item()) <= 1e-3 * abs(eager.item()) + 1e-2
 
 
-@pytest.mark.parametrize("blocks", [(32, 16), (16, 32)])
-def test_unequal_tiles_varlen_and_masked(blocks, monkeypatch, seed):
+@pytest.mark.parametrize("blocks,split", [((32, 16), False), ((16, 32), False), ((32, 16), True)])
+def test_unequal_tiles_varlen_and_masked(blocks, split, monkeypatch, seed):
     """The GPU's backward tiles are unequal (dK/dV 32 x 64, dQ 64 x 32): the same under the interpreter, fp32."""
     if DEVICE == "cuda":
         pytest.skip("interpreter tile sizes only")
     from xgenmm_fast.ops.triton import perceiver_attention as pa
     from xgenmm_fast.ops.triton.perceiver_attention import perceiver_attention_triton
     monkeypatch.setattr(pa, "INTERPRET_BLOCKS", blocks)
+    monkeypatch.setattr(pa, "SPLIT_HEAD_DIM", split)
     counts = [45, 0, 33, 64]
     N, H, L, D, T = len(counts), 2, 40, 24, sum(counts)
     cu = _cu(counts)

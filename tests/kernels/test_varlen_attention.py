@@ -70,16 +70,11 @@ def test_varlen_attention_split_head_dim(lens, Hq, Hkv, D, window, causal, dtype
 
 
 def test_head_split_parts():
-    from xgenmm_fast.ops.triton import varlen_attention as mod
+    from xgenmm_fast.ops.triton._flash import head_split
     splits = {8: (16, 0), 16: (16, 0), 24: (16, 16), 40: (32, 16), 64: (64, 0), 80: (64, 16), 96: (64, 32),
               112: (64, 64), 128: (128, 0)}
-    for split, expect in ((True, splits), (False, {d: (max(16, 1 << (d - 1).bit_length()), 0) for d in splits})):
-        mod_split = mod.SPLIT_HEAD_DIM
-        try:
-            mod.SPLIT_HEAD_DIM = split
-            assert {d: mod._head_split(d) for d in splits} == expect
-        finally:
-            mod.SPLIT_HEAD_DIM = mod_split
+    assert {d: head_split(d, True) for d in splits} == splits
+    assert {d: head_split(d, False) for d in splits} == {d: (max(16, 1 << (d - 1).bit_length()), 0) for d in splits}
 
 
 # sequences spanning several tiles with windows wider than a tile: tiles fully visible (no mask), tiles on

@@ -1,23 +1,85 @@
-"""Shared by the flash-style attention kernels (varlen LM attention, perceiver): a device function and the
-backward tile sizes."""
+"""Shared by the flash-style attention kernels (varlen LM attention, perceiver): the online-softmax step,
+the head-dim tile parts (head_split and the device functions over them), and the backward tile sizes."""
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
+from ._utils import next_pow2
+
+
+def head_split(D: int, split: bool) -> tuple[int, int]:
+    """(BLOCK_DA, BLOCK_DB): the head dim as tile columns. Unsplit (or a power of two): one part padded to
+    the next power of two (head dim 96 -> 128: a quarter of every matmul over the head dim on zeros).
+    Split: a power-of-two part and a second, smaller one: 96 = 64 + 32, 80 = 64 + 16, 24 = 16 + 16 (8
+    masked); every tl.dot over the head dim becomes two, and the accumulators over it two."""
+    whole = max(16, next_pow2(D))
+    if not split or whole == D or D <= 16:
+        return whole, 0
+    first = whole // 2  # the largest power of two below D
+    return first, max(16, next_pow2(D - first))
+
+
+
 
 @triton.jit
-def online_softmax_step(qk, v, acc, m_i, l_i, PRECISION: tl.constexpr):
+def load_head(base, rows, stride_t, row_mask, D, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+               ROWS_MASKED: tl.constexpr = True):
+    """A (rows, head dim) tile as two column parts, [0, BLOCK_DA) and, when BLOCK_DB > 0,
+    [BLOCK_DA, BLOCK_DA + BLOCK_DB) (see head_split); columns ≥ D and, with ROWS_MASKED, rows off
+    row_mask load 0. With BLOCK_DB = 0 the second part is the first again, never used."""
+    offs_a = tl.arange(0, BLOCK_DA)
+    mask_a = offs_a[None, :] < D
+    if ROWS_MASKED:
+        mask_a = row_mask & mask_a
+    a = tl.load(base + rows * stride_t + offs_a[None, :], mask=mask_a, other=0.0)
+    if BLOCK_DB > 0:
+        offs_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+        mask_b = offs_b[None, :] < D
+        if ROWS_MASKED:
+            mask_b = row_mask & mask_b
+        b = tl.load(base + rows * stride_t + offs_b[None, :], mask=mask_b, other=0.0)
+    else:
+        b = a
+    return a, b
+
+
+@triton.jit
+def store_head(base, rows, stride_t, row_mask, D, a, b, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
+    offs_a = tl.arange(0, BLOCK_DA)
+    tl.store(base + rows * stride_t + offs_a[None, :], a.to(base.dtype.element_ty),
+             mask=row_mask & (offs_a[None, :] < D))
+    if BLOCK_DB > 0:
+        offs_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+        tl.store(base + rows * stride_t + offs_b[None, :], b.to(base.dtype.element_ty),
+                 mask=row_mask & (offs_b[None, :] < D))
+
+
+@triton.jit
+def dot_t(xa, xb, ya, yb, BLOCK_DB: tl.constexpr, PRECISION: tl.constexpr):
+    """x · yᵀ over the head dim, both given as their column parts."""
+    s = tl.dot(xa, tl.trans(ya), input_precision=PRECISION)
+    if BLOCK_DB > 0:
+        s = tl.dot(xb, tl.trans(yb), acc=s, input_precision=PRECISION)
+    return s
+
+
+@triton.jit
+def online_softmax_step(qk, va, vb, acc_a, acc_b, m_i, l_i, PRECISION: tl.constexpr, BLOCK_DB: tl.constexpr):
     """Fold one key tile into the running softmax: qk (BLOCK_M, BLOCK_N) scores in the log2 domain, masked
-    keys at -inf; v (BLOCK_N, BLOCK_D). A row whose keys so far are all masked keeps m_i = -inf and
+    keys at -inf; the value tile in its head parts va, vb (load_head) and the accumulators acc_a, acc_b
+    likewise (acc_b unused when BLOCK_DB = 0). A row whose keys so far are all masked keeps m_i = -inf and
     l_i = 0 (its exp2 offsets are taken against 0 instead of -inf: no NaN)."""
     m_new = tl.maximum(m_i, tl.max(qk, axis=1))
     m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
     p = tl.exp2(qk - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return acc, m_new, l_i
+    p = p.to(va.dtype)
+    acc_a = acc_a * alpha[:, None] + tl.dot(p, va, input_precision=PRECISION)
+    if BLOCK_DB > 0:
+        acc_b = acc_b * alpha[:, None] + tl.dot(p, vb, input_precision=PRECISION)
+    return acc_a, acc_b, m_new, l_i
 
 
 # Backward tiles on the GPU, the same for both kernel families. dK/dV: a program owns BLOCK_N keys and loops

@@ -10,7 +10,8 @@ Every tile of the batch (N) and every head runs in one launch. All tensors may b
 Backward: delta = rowsum(dO · O) (torch), a dQ kernel over both sources, and one dK/dV launch whose
 programs cover media key blocks first, then latent key blocks (each program owns its key rows: no
 atomics). Masked media keys get zero gradient. Every query row sees at least the latent keys, so no row
-is ever empty.
+is ever empty. The head dim (96 at the released size) is one tile padded to the next power of two, or,
+with SPLIT_HEAD_DIM, two tile parts (64 + 32; `_flash.head_split`), as in the LM attention kernels.
 """
 from __future__ import annotations
 
@@ -20,48 +21,71 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_reference
-from ._flash import BACKWARD_TILES, online_softmax_step
-from ._utils import interpreting, lastdim_contig, next_pow2, usable
+from ._flash import BACKWARD_TILES, dot_t, head_split, load_head, online_softmax_step, store_head
+from ._utils import interpreting, lastdim_contig, usable
 
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _fwd_tiles(q, acc, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d, dmask,
+def _fwd_tiles(qa, qb, acc_a, acc_b, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, D,
                tile_lo, tile_hi, MASKED: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_N: tl.constexpr):
+               BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(tile_lo, tile_hi, BLOCK_N):
         cols = start_n + offs_n
-        if MASKED:
-            kvmask = (cols[:, None] < n_keys) & dmask
-        else:
-            kvmask = dmask
-        k = tl.load(KB + cols[:, None].to(tl.int64) * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
-        v = tl.load(VB + cols[:, None].to(tl.int64) * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        rows = cols[:, None].to(tl.int64)
+        row_mask = cols[:, None] < n_keys
+        ka, kb = load_head(KB, rows, stride_kt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        va, vb = load_head(VB, rows, stride_vt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
         if MASKED:
             visible = cols < n_keys
             if HAS_MASK:
                 visible = visible & (tl.load(MASKB + cols, mask=cols < n_keys, other=0) != 0)
             qk = tl.where(visible[None, :], qk, -float("inf"))
-        acc, m_i, l_i = online_softmax_step(qk, v, acc, m_i, l_i, PRECISION)
-    return acc, m_i, l_i
+        acc_a, acc_b, m_i, l_i = online_softmax_step(qk, va, vb, acc_a, acc_b, m_i, l_i, PRECISION, BLOCK_DB)
+    return acc_a, acc_b, m_i, l_i
 
 
 @triton.jit
-def _fwd_source(q, acc, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d, dmask,
-                HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_source(qa, qb, acc_a, acc_b, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, D,
+                HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
     """Online softmax over one key source's n_keys rows. Without a token mask, only the last, partial tile
     computes a mask (the full tiles are all visible)."""
     n_full = 0
     if not HAS_MASK:
         n_full = (n_keys // BLOCK_N) * BLOCK_N
-    acc, m_i, l_i = _fwd_tiles(q, acc, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d,
-                               dmask, 0, n_full, False, HAS_MASK, PRECISION, BLOCK_N)
-    acc, m_i, l_i = _fwd_tiles(q, acc, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d,
-                               dmask, n_full, n_keys, True, HAS_MASK, PRECISION, BLOCK_N)
-    return acc, m_i, l_i
+    acc_a, acc_b, m_i, l_i = _fwd_tiles(qa, qb, acc_a, acc_b, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys,
+                                        qk_scale, D, 0, n_full, False, HAS_MASK, PRECISION, BLOCK_N,
+                                        BLOCK_DA, BLOCK_DB)
+    acc_a, acc_b, m_i, l_i = _fwd_tiles(qa, qb, acc_a, acc_b, m_i, l_i, KB, VB, MASKB, stride_kt, stride_vt, n_keys,
+                                        qk_scale, D, n_full, n_keys, True, HAS_MASK, PRECISION, BLOCK_N,
+                                        BLOCK_DA, BLOCK_DB)
+    return acc_a, acc_b, m_i, l_i
+
+
+@triton.jit
+def _fwd_init(Q, offs_m, stride_t, L, D, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
+    """The query block's two head parts and the empty online-softmax state (a scalar stands in for the
+    second accumulator when the head dim is not split, so that loops carry no second tile)."""
+    qa, qb = load_head(Q, offs_m[:, None], stride_t, offs_m[:, None] < L, D, BLOCK_DA, BLOCK_DB)
+    acc_a = tl.zeros((BLOCK_M, BLOCK_DA), tl.float32)
+    if BLOCK_DB > 0:
+        acc_b = tl.zeros((BLOCK_M, BLOCK_DB), tl.float32)
+    else:
+        acc_b = 0.0
+    return qa, qb, acc_a, acc_b, tl.full((BLOCK_M,), -float("inf"), tl.float32), tl.zeros((BLOCK_M,), tl.float32)
+
+
+@triton.jit
+def _fwd_finish(O, LSE, offs_m, stride_t, L, D, acc_a, acc_b, m_i, l_i,
+                BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
+    inv_l = 1.0 / l_i  # (every row sees the latent keys: l_i > 0)
+    store_head(O, offs_m[:, None], stride_t, offs_m[:, None] < L, D, acc_a * inv_l[:, None], acc_b * inv_l[:, None],
+               BLOCK_DA, BLOCK_DB)
+    tl.store(LSE + offs_m, m_i + tl.log2(l_i), mask=offs_m < L)
 
 
 @triton.jit
@@ -70,49 +94,63 @@ def _perceiver_fwd_kernel(Q, KM, VM, KL, VL, MASK, O, LSE,
                           skl_b, skl_h, skl_t, svl_b, svl_h, svl_t, so_b, so_h, so_t, smask_b,
                           H, L, M, D, qk_scale,
                           HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                          BLOCK_DB: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d[None, :] < D
-    qmask = (offs_m[:, None] < L) & dmask
-    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=qmask, other=0.0)
-    m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    acc, m_i, l_i = _fwd_source(q, acc, m_i, l_i, KM + b * skm_b + h * skm_h, VM + b * svm_b + h * svm_h,
-                                MASK + b * smask_b, skm_t, svm_t, M, qk_scale, offs_d, dmask,
-                                HAS_MASK, PRECISION, BLOCK_N)
-    acc, m_i, l_i = _fwd_source(q, acc, m_i, l_i, KL + b * skl_b + h * skl_h, VL + b * svl_b + h * svl_h,
-                                MASK, skl_t, svl_t, L, qk_scale, offs_d, dmask,
-                                False, PRECISION, BLOCK_N)
-    o = acc / l_i[:, None]
-    tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :], o.to(O.dtype.element_ty), mask=qmask)
-    tl.store(LSE + (b * H + h) * L + offs_m, m_i + tl.log2(l_i), mask=offs_m < L)
+    qa, qb, acc_a, acc_b, m_i, l_i = _fwd_init(Q + b * sq_b + h * sq_h, offs_m, sq_t, L, D, BLOCK_M, BLOCK_DA,
+                                               BLOCK_DB)
+    acc_a, acc_b, m_i, l_i = _fwd_source(qa, qb, acc_a, acc_b, m_i, l_i, KM + b * skm_b + h * skm_h,
+                                         VM + b * svm_b + h * svm_h, MASK + b * smask_b, skm_t, svm_t, M, qk_scale,
+                                         D, HAS_MASK, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    acc_a, acc_b, m_i, l_i = _fwd_source(qa, qb, acc_a, acc_b, m_i, l_i, KL + b * skl_b + h * skl_h,
+                                         VL + b * svl_b + h * svl_h, MASK, skl_t, svl_t, L, qk_scale, D,
+                                         False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    _fwd_finish(O + b * so_b + h * so_h, LSE + (b * H + h) * L, offs_m, so_t, L, D, acc_a, acc_b, m_i, l_i,
+                BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
-def _dq_source(q, do, lse, delta, dq, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, offs_d, dmask,
-               HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KB, VB, MASKB, stride_kt, stride_vt, n_keys, qk_scale, D,
+               HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(0, n_keys, BLOCK_N):
         cols = start_n + offs_n
-        kvmask = (cols[:, None] < n_keys) & dmask
-        k = tl.load(KB + cols[:, None].to(tl.int64) * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
-        v = tl.load(VB + cols[:, None].to(tl.int64) * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        rows = cols[:, None].to(tl.int64)
+        ka, kb = load_head(KB, rows, stride_kt, cols[:, None] < n_keys, D, BLOCK_DA, BLOCK_DB)
+        va, vb = load_head(VB, rows, stride_vt, cols[:, None] < n_keys, D, BLOCK_DA, BLOCK_DB)
+        qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if HAS_MASK:  # (keys past n_keys need no mask: their k = v = 0 add ds · k = 0 to dq)
             visible = (cols < n_keys) & (tl.load(MASKB + cols, mask=cols < n_keys, other=0) != 0)
             p = tl.where(visible[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    return dq
+        dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
+        ds = (p * (dp - delta[:, None])).to(ka.dtype)
+        dq_a += tl.dot(ds, ka, input_precision=PRECISION)
+        if BLOCK_DB > 0:
+            dq_b += tl.dot(ds, kb, input_precision=PRECISION)
+    return dq_a, dq_b
+
+
+@triton.jit
+def _dq_init(Q, DO, LSE, DELTA, offs_m, sq_t, sdo_t, L, D, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr,
+             BLOCK_DB: tl.constexpr):
+    """A dQ program's query rows, their dO, lse and delta, and the empty dQ accumulators."""
+    qa, qb = load_head(Q, offs_m[:, None], sq_t, offs_m[:, None] < L, D, BLOCK_DA, BLOCK_DB)
+    doa, dob = load_head(DO, offs_m[:, None], sdo_t, offs_m[:, None] < L, D, BLOCK_DA, BLOCK_DB)
+    lse = tl.load(LSE + offs_m, mask=offs_m < L, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=offs_m < L, other=0.0)
+    dq_a = tl.zeros((BLOCK_M, BLOCK_DA), tl.float32)
+    if BLOCK_DB > 0:
+        dq_b = tl.zeros((BLOCK_M, BLOCK_DB), tl.float32)
+    else:
+        dq_b = 0.0  # (unused; a scalar, so that the loops carry no second tile)
+    return qa, qb, doa, dob, lse, delta, dq_a, dq_b
 
 
 @triton.jit
@@ -121,7 +159,8 @@ def _perceiver_bwd_dq_kernel(Q, KM, VM, KL, VL, MASK, DO, LSE, DELTA, DQ,
                              skl_b, skl_h, skl_t, svl_b, svl_h, svl_t, sdo_b, sdo_h, sdo_t,
                              sdq_b, sdq_h, sdq_t, smask_b, H, L, M, D, qk_scale, sm_scale,
                              HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                             BLOCK_DB: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -129,20 +168,17 @@ def _perceiver_bwd_dq_kernel(Q, KM, VM, KL, VL, MASK, DO, LSE, DELTA, DQ,
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d[None, :] < D
-    qmask = (offs_m[:, None] < L) & dmask
-    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=qmask, other=0.0)
-    do = tl.load(DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_t + offs_d[None, :], mask=qmask, other=0.0)
-    lse = tl.load(LSE + (b * H + h) * L + offs_m, mask=offs_m < L, other=float("inf"))
-    delta = tl.load(DELTA + (b * H + h) * L + offs_m, mask=offs_m < L, other=0.0)
-    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    dq = _dq_source(q, do, lse, delta, dq, KM + b * skm_b + h * skm_h, VM + b * svm_b + h * svm_h,
-                    MASK + b * smask_b, skm_t, svm_t, M, qk_scale, offs_d, dmask, HAS_MASK, PRECISION, BLOCK_N)
-    dq = _dq_source(q, do, lse, delta, dq, KL + b * skl_b + h * skl_h, VL + b * svl_b + h * svl_h,
-                    MASK, skl_t, svl_t, L, qk_scale, offs_d, dmask, False, PRECISION, BLOCK_N)
-    tl.store(DQ + b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :],
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=qmask)
+    qa, qb, doa, dob, lse, delta, dq_a, dq_b = _dq_init(Q + b * sq_b + h * sq_h, DO + b * sdo_b + h * sdo_h,
+                                                        LSE + (b * H + h) * L, DELTA + (b * H + h) * L, offs_m,
+                                                        sq_t, sdo_t, L, D, BLOCK_M, BLOCK_DA, BLOCK_DB)
+    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KM + b * skm_b + h * skm_h,
+                            VM + b * svm_b + h * svm_h, MASK + b * smask_b, skm_t, svm_t, M, qk_scale, D,
+                            HAS_MASK, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KL + b * skl_b + h * skl_h,
+                            VL + b * svl_b + h * svl_h, MASK, skl_t, svl_t, L, qk_scale, D,
+                            False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    store_head(DQ + b * sdq_b + h * sdq_h, offs_m[:, None], sdq_t, offs_m[:, None] < L, D, dq_a * sm_scale,
+               dq_b * sm_scale, BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
@@ -150,38 +186,47 @@ def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, MASKB, b, h, start_n, n_keys,
                 sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
                 sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, H, L, D, qk_scale, sm_scale,
                 HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d[None, :] < D
-    nmask = (offs_n[:, None] < n_keys) & dmask
-    k = tl.load(K + b * sk_b + h * sk_h + offs_n[:, None] * sk_t + offs_d[None, :], mask=nmask, other=0.0)
-    v = tl.load(V + b * sv_b + h * sv_h + offs_n[:, None] * sv_t + offs_d[None, :], mask=nmask, other=0.0)
+    nmask = offs_n[:, None] < n_keys
+    ka, kb = load_head(K + b * sk_b + h * sk_h, offs_n[:, None], sk_t, nmask, D, BLOCK_DA, BLOCK_DB)
+    va, vb = load_head(V + b * sv_b + h * sv_h, offs_n[:, None], sv_t, nmask, D, BLOCK_DA, BLOCK_DB)
     visible = offs_n < n_keys
     if HAS_MASK:
         visible = visible & (tl.load(MASKB + offs_n, mask=offs_n < n_keys, other=0) != 0)
-    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dk_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
+    dv_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
+    if BLOCK_DB > 0:
+        dk_b = tl.zeros((BLOCK_N, BLOCK_DB), tl.float32)
+        dv_b = tl.zeros((BLOCK_N, BLOCK_DB), tl.float32)
+    else:
+        dk_b = 0.0  # (unused; scalars, so that the loop carries no second tiles)
+        dv_b = 0.0
+    QB = Q + b * sq_b + h * sq_h
+    DOB = DO + b * sdo_b + h * sdo_h
     for start_m in range(0, L, BLOCK_M):
         rows = start_m + offs_m
-        mmask = (rows[:, None] < L) & dmask
-        q = tl.load(Q + b * sq_b + h * sq_h + rows[:, None] * sq_t + offs_d[None, :], mask=mmask, other=0.0)
-        do = tl.load(DO + b * sdo_b + h * sdo_h + rows[:, None] * sdo_t + offs_d[None, :], mask=mmask, other=0.0)
+        qa, qb = load_head(QB, rows[:, None], sq_t, rows[:, None] < L, D, BLOCK_DA, BLOCK_DB)
+        doa, dob = load_head(DOB, rows[:, None], sdo_t, rows[:, None] < L, D, BLOCK_DA, BLOCK_DB)
         lse = tl.load(LSE + (b * H + h) * L + rows, mask=rows < L, other=float("inf"))
         delta = tl.load(DELTA + (b * H + h) * L + rows, mask=rows < L, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
         p = tl.exp2(qk - lse[:, None])  # rows past L load lse = +inf: p = 0 there
         if HAS_MASK:  # (keys past n_keys are never stored: only the token mask matters)
             p = tl.where(visible[None, :], p, 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-    tl.store(DK + b * sdk_b + h * sdk_h + offs_n[:, None] * sdk_t + offs_d[None, :],
-             (dk * sm_scale).to(DK.dtype.element_ty), mask=nmask)
-    tl.store(DV + b * sdv_b + h * sdv_h + offs_n[:, None] * sdv_t + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=nmask)
+        pt = tl.trans(p.to(doa.dtype))
+        dv_a += tl.dot(pt, doa, input_precision=PRECISION)
+        if BLOCK_DB > 0:
+            dv_b += tl.dot(pt, dob, input_precision=PRECISION)
+        dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
+        dst = tl.trans((p * (dp - delta[:, None])).to(qa.dtype))
+        dk_a += tl.dot(dst, qa, input_precision=PRECISION)
+        if BLOCK_DB > 0:
+            dk_b += tl.dot(dst, qb, input_precision=PRECISION)
+    store_head(DK + b * sdk_b + h * sdk_h, offs_n[:, None], sdk_t, nmask, D, dk_a * sm_scale, dk_b * sm_scale,
+               BLOCK_DA, BLOCK_DB)
+    store_head(DV + b * sdv_b + h * sdv_h, offs_n[:, None], sdv_t, nmask, D, dv_a, dv_b, BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
@@ -192,7 +237,8 @@ def _perceiver_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, KL, VL, DKM, DVM, DKL,
                                sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, smask_b,
                                H, L, M, D, n_media_blocks, qk_scale, sm_scale,
                                HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                               BLOCK_DB: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -203,29 +249,33 @@ def _perceiver_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, KL, VL, DKM, DVM, DKL,
         _dkdv_block(Q, DO, LSE, DELTA, KM, VM, DKM, DVM, MASK + b * smask_b, b, h, pid * BLOCK_N, M,
                     sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, skm_b, skm_h, skm_t, svm_b, svm_h, svm_t,
                     sdkm_b, sdkm_h, sdkm_t, sdvm_b, sdvm_h, sdvm_t, H, L, D, qk_scale, sm_scale,
-                    HAS_MASK, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+                    HAS_MASK, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
     else:
         _dkdv_block(Q, DO, LSE, DELTA, KL, VL, DKL, DVL, MASK, b, h, (pid - n_media_blocks) * BLOCK_N, L,
                     sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, skl_b, skl_h, skl_t, svl_b, svl_h, svl_t,
                     sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, H, L, D, qk_scale, sm_scale,
-                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
 
 
 # (BLOCK_M, BLOCK_N) under the interpreter; tests also set unequal sizes (the GPU's backward tiles are)
 INTERPRET_BLOCKS = (16, 16)
+# the head dim (96 at the released size) as two tile parts, 64 + 32, instead of one padded to 128
+# (_flash.head_split); off until a GPU benchmark says it pays (benchmarks/sweep_attention_tiles.py)
+SPLIT_HEAD_DIM = False
 
 
 def _cfg(D: int, kernel: str) -> dict:
     """Tile sizes and launch options per kernel ("fwd", "dkdv", "dq"; shared with perceiver_varlen.py).
     On the GPU: the forward 64 x 64, 8 warps (spill-free at sm_90, head dim 96); the backward kernels
     the LM attention's measured tiles (_flash.BACKWARD_TILES)."""
-    block_d = max(16, next_pow2(D))
+    da, db = head_split(D, SPLIT_HEAD_DIM)
+    heads = dict(BLOCK_DA=da, BLOCK_DB=db)
     if interpreting():
         bm, bn = INTERPRET_BLOCKS
-        return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=1, num_stages=1)
+        return dict(BLOCK_M=bm, BLOCK_N=bn, **heads, num_warps=1, num_stages=1)
     if kernel in BACKWARD_TILES:
-        return dict(BACKWARD_TILES[kernel], BLOCK_D=block_d)
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
+        return dict(BACKWARD_TILES[kernel], **heads)
+    return dict(BLOCK_M=64, BLOCK_N=64, **heads, num_warps=8, num_stages=3)
 
 
 def _precision(dtype: torch.dtype) -> str:

@@ -25,7 +25,9 @@ from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_varlen_reference
 from ._utils import lastdim_contig, usable
-from .perceiver_attention import LOG2E, _cfg, _dkdv_block, _dq_source, _fwd_source, _precision, _s
+from ._flash import store_head
+from .perceiver_attention import (LOG2E, _cfg, _dkdv_block, _dq_init, _dq_source, _fwd_finish, _fwd_init,
+                                  _fwd_source, _precision, _s)
 
 
 @triton.jit
@@ -33,7 +35,8 @@ def _perceiver_varlen_fwd_kernel(Q, KM, VM, CU, KL, VL, O, LSE,
                                  sq_b, sq_h, sq_t, skm_t, skm_h, svm_t, svm_h,
                                  skl_b, skl_h, skl_t, svl_b, svl_h, svl_t, so_b, so_h, so_t,
                                  H, L, D, qk_scale, PRECISION: tl.constexpr,
-                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                                 BLOCK_DB: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
@@ -42,21 +45,16 @@ def _perceiver_varlen_fwd_kernel(Q, KM, VM, CU, KL, VL, O, LSE,
     media_start = tl.load(CU + b).to(tl.int64)
     n_media = tl.load(CU + b + 1) - tl.load(CU + b)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d[None, :] < D
-    qmask = (offs_m[:, None] < L) & dmask
-    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=qmask, other=0.0)
-    m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    acc, m_i, l_i = _fwd_source(q, acc, m_i, l_i, KM + media_start * skm_t + h * skm_h,
-                                VM + media_start * svm_t + h * svm_h, CU, skm_t, svm_t, n_media,
-                                qk_scale, offs_d, dmask, False, PRECISION, BLOCK_N)
-    acc, m_i, l_i = _fwd_source(q, acc, m_i, l_i, KL + b * skl_b + h * skl_h, VL + b * svl_b + h * svl_h,
-                                CU, skl_t, svl_t, L, qk_scale, offs_d, dmask, False, PRECISION, BLOCK_N)
-    o = acc / l_i[:, None]
-    tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :], o.to(O.dtype.element_ty), mask=qmask)
-    tl.store(LSE + (b * H + h) * L + offs_m, m_i + tl.log2(l_i), mask=offs_m < L)
+    qa, qb, acc_a, acc_b, m_i, l_i = _fwd_init(Q + b * sq_b + h * sq_h, offs_m, sq_t, L, D, BLOCK_M, BLOCK_DA,
+                                               BLOCK_DB)
+    acc_a, acc_b, m_i, l_i = _fwd_source(qa, qb, acc_a, acc_b, m_i, l_i, KM + media_start * skm_t + h * skm_h,
+                                         VM + media_start * svm_t + h * svm_h, CU, skm_t, svm_t, n_media,
+                                         qk_scale, D, False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    acc_a, acc_b, m_i, l_i = _fwd_source(qa, qb, acc_a, acc_b, m_i, l_i, KL + b * skl_b + h * skl_h,
+                                         VL + b * svl_b + h * svl_h, CU, skl_t, svl_t, L, qk_scale, D,
+                                         False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    _fwd_finish(O + b * so_b + h * so_h, LSE + (b * H + h) * L, offs_m, so_t, L, D, acc_a, acc_b, m_i, l_i,
+                BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
@@ -64,7 +62,8 @@ def _perceiver_varlen_bwd_dq_kernel(Q, KM, VM, CU, KL, VL, DO, LSE, DELTA, DQ,
                                     sq_b, sq_h, sq_t, skm_t, skm_h, svm_t, svm_h,
                                     skl_b, skl_h, skl_t, svl_b, svl_h, svl_t, sdo_b, sdo_h, sdo_t,
                                     sdq_b, sdq_h, sdq_t, H, L, D, qk_scale, sm_scale, PRECISION: tl.constexpr,
-                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                                    BLOCK_DB: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -74,20 +73,17 @@ def _perceiver_varlen_bwd_dq_kernel(Q, KM, VM, CU, KL, VL, DO, LSE, DELTA, DQ,
     media_start = tl.load(CU + b).to(tl.int64)
     n_media = tl.load(CU + b + 1) - tl.load(CU + b)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d[None, :] < D
-    qmask = (offs_m[:, None] < L) & dmask
-    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=qmask, other=0.0)
-    do = tl.load(DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_t + offs_d[None, :], mask=qmask, other=0.0)
-    lse = tl.load(LSE + (b * H + h) * L + offs_m, mask=offs_m < L, other=float("inf"))
-    delta = tl.load(DELTA + (b * H + h) * L + offs_m, mask=offs_m < L, other=0.0)
-    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    dq = _dq_source(q, do, lse, delta, dq, KM + media_start * skm_t + h * skm_h, VM + media_start * svm_t + h * svm_h,
-                    CU, skm_t, svm_t, n_media, qk_scale, offs_d, dmask, False, PRECISION, BLOCK_N)
-    dq = _dq_source(q, do, lse, delta, dq, KL + b * skl_b + h * skl_h, VL + b * svl_b + h * svl_h,
-                    CU, skl_t, svl_t, L, qk_scale, offs_d, dmask, False, PRECISION, BLOCK_N)
-    tl.store(DQ + b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :],
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=qmask)
+    qa, qb, doa, dob, lse, delta, dq_a, dq_b = _dq_init(Q + b * sq_b + h * sq_h, DO + b * sdo_b + h * sdo_h,
+                                                        LSE + (b * H + h) * L, DELTA + (b * H + h) * L, offs_m,
+                                                        sq_t, sdo_t, L, D, BLOCK_M, BLOCK_DA, BLOCK_DB)
+    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KM + media_start * skm_t + h * skm_h,
+                            VM + media_start * svm_t + h * svm_h, CU, skm_t, svm_t, n_media, qk_scale, D,
+                            False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KL + b * skl_b + h * skl_h,
+                            VL + b * svl_b + h * svl_h, CU, skl_t, svl_t, L, qk_scale, D,
+                            False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    store_head(DQ + b * sdq_b + h * sdq_h, offs_m[:, None], sdq_t, offs_m[:, None] < L, D, dq_a * sm_scale,
+               dq_b * sm_scale, BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
@@ -96,7 +92,8 @@ def _perceiver_varlen_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, CU, KL, VL, DKM
                                       skm_t, skm_h, svm_t, svm_h, skl_b, skl_h, skl_t, svl_b, svl_h, svl_t,
                                       sdkm_t, sdkm_h, sdvm_t, sdvm_h, sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t,
                                       H, L, D, n_media_blocks, qk_scale, sm_scale, PRECISION: tl.constexpr,
-                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
+                                      BLOCK_DB: tl.constexpr):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -112,12 +109,12 @@ def _perceiver_varlen_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, CU, KL, VL, DKM
                         DKM + media_start * sdkm_t, DVM + media_start * sdvm_t, CU, b, h, pid * BLOCK_N, n_media,
                         sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, 0, skm_h, skm_t, 0, svm_h, svm_t,
                         0, sdkm_h, sdkm_t, 0, sdvm_h, sdvm_t, H, L, D, qk_scale, sm_scale,
-                        False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+                        False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
     else:
         _dkdv_block(Q, DO, LSE, DELTA, KL, VL, DKL, DVL, CU, b, h, (pid - n_media_blocks) * BLOCK_N, L,
                     sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, skl_b, skl_h, skl_t, svl_b, svl_h, svl_t,
                     sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, H, L, D, qk_scale, sm_scale,
-                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
 
 
 def _s_packed(x: torch.Tensor) -> tuple[int, int]:

@@ -12,7 +12,8 @@ never loaded. Of those, the tiles visible to every row of the block (`_unmasked_
 computing a mask: only the tiles on the causal diagonal, the window's edge and the sequence end do
 (the same split in both backward kernels). Head dims that are not powers of two (Phi-3: 96) are padded
 to the next power of two inside the tile with masked loads/stores, or, with SPLIT_HEAD_DIM, carried as
-two column parts (96 = 64 + 32: no matmul work on padding; `_head_split`). Backward (FA2 style, recomputation from the saved lse):
+two column parts (96 = 64 + 32: no matmul work on padding; `_flash.head_split`). Backward (FA2 style,
+recomputation from the saved lse):
 delta = rowsum(dO · O); a dK/dV kernel per (key block, sequence, kv head) that loops over the q heads of
 its GQA group and the visible query blocks (no atomics), and a dQ kernel per (query block, sequence,
 q head).
@@ -29,52 +30,10 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
-from ._flash import BACKWARD_TILES, online_softmax_step
+from ._flash import BACKWARD_TILES, dot_t, head_split, load_head, online_softmax_step, store_head
 from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _load_head(base, rows, stride_t, row_mask, D, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
-               ROWS_MASKED: tl.constexpr = True):
-    """A (rows, head dim) tile as two column parts, [0, BLOCK_DA) and, when BLOCK_DB > 0,
-    [BLOCK_DA, BLOCK_DA + BLOCK_DB) (see _head_split); columns ≥ D and, with ROWS_MASKED, rows off
-    row_mask load 0. With BLOCK_DB = 0 the second part is the first again, never used."""
-    offs_a = tl.arange(0, BLOCK_DA)
-    mask_a = offs_a[None, :] < D
-    if ROWS_MASKED:
-        mask_a = row_mask & mask_a
-    a = tl.load(base + rows * stride_t + offs_a[None, :], mask=mask_a, other=0.0)
-    if BLOCK_DB > 0:
-        offs_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-        mask_b = offs_b[None, :] < D
-        if ROWS_MASKED:
-            mask_b = row_mask & mask_b
-        b = tl.load(base + rows * stride_t + offs_b[None, :], mask=mask_b, other=0.0)
-    else:
-        b = a
-    return a, b
-
-
-@triton.jit
-def _store_head(base, rows, stride_t, row_mask, D, a, b, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
-    offs_a = tl.arange(0, BLOCK_DA)
-    tl.store(base + rows * stride_t + offs_a[None, :], a.to(base.dtype.element_ty),
-             mask=row_mask & (offs_a[None, :] < D))
-    if BLOCK_DB > 0:
-        offs_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-        tl.store(base + rows * stride_t + offs_b[None, :], b.to(base.dtype.element_ty),
-                 mask=row_mask & (offs_b[None, :] < D))
-
-
-@triton.jit
-def _dot_t(xa, xb, ya, yb, BLOCK_DB: tl.constexpr, PRECISION: tl.constexpr):
-    """x · yᵀ over the head dim, both given as their column parts."""
-    s = tl.dot(xa, tl.trans(ya), input_precision=PRECISION)
-    if BLOCK_DB > 0:
-        s = tl.dot(xb, tl.trans(yb), acc=s, input_precision=PRECISION)
-    return s
 
 
 @triton.jit
@@ -88,9 +47,9 @@ def _fwd_tiles(acc_a, acc_b, m_i, l_i, qa, qb, kb, vb, k_start, k_len, offs_m, o
         cols = start_n + offs_n
         kv_rows = (k_start + cols[:, None]).to(tl.int64)
         row_mask = cols[:, None] < k_len
-        ka, kb_ = _load_head(kb, kv_rows, stride_kt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
-        va, vb_ = _load_head(vb, kv_rows, stride_vt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
-        qk = _dot_t(qa, qb, ka, kb_, BLOCK_DB, PRECISION) * qk_scale
+        ka, kb_ = load_head(kb, kv_rows, stride_kt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        va, vb_ = load_head(vb, kv_rows, stride_vt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        qk = dot_t(qa, qb, ka, kb_, BLOCK_DB, PRECISION) * qk_scale
         if MASKED:
             visible = cols[None, :] < k_len
             if CAUSAL:
@@ -98,17 +57,7 @@ def _fwd_tiles(acc_a, acc_b, m_i, l_i, qa, qb, kb, vb, k_start, k_len, offs_m, o
             if HAS_WINDOW:
                 visible = visible & (offs_m[:, None] + off - cols[None, :] < window)
             qk = tl.where(visible, qk, -float("inf"))
-        # online softmax (as _flash.online_softmax_step, with the value tile in two column parts)
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-        p = tl.exp2(qk - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        p = p.to(va.dtype)
-        acc_a = acc_a * alpha[:, None] + tl.dot(p, va, input_precision=PRECISION)
-        if BLOCK_DB > 0:
-            acc_b = acc_b * alpha[:, None] + tl.dot(p, vb_, input_precision=PRECISION)
-        m_i = m_new
+        acc_a, acc_b, m_i, l_i = online_softmax_step(qk, va, vb_, acc_a, acc_b, m_i, l_i, PRECISION, BLOCK_DB)
     return acc_a, acc_b, m_i, l_i
 
 
@@ -165,7 +114,7 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
         offs_n = tl.arange(0, BLOCK_N)
         q_rows = (q_start + offs_m[:, None]).to(tl.int64)
         q_mask = offs_m[:, None] < q_len
-        qa, qb = _load_head(Q + b.to(tl.int64) * stride_qb + h * stride_qh, q_rows, stride_qt, q_mask, D,
+        qa, qb = load_head(Q + b.to(tl.int64) * stride_qb + h * stride_qh, q_rows, stride_qt, q_mask, D,
                             BLOCK_DA, BLOCK_DB)
         kb = K + b.to(tl.int64) * stride_kb + hk * stride_kh
         vb = V + b.to(tl.int64) * stride_vb + hk * stride_vh
@@ -202,7 +151,7 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
                                             True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
         empty = l_i == 0.0
         inv_l = 1.0 / tl.where(empty, 1.0, l_i)
-        _store_head(O + b.to(tl.int64) * stride_ob + h * stride_oh, q_rows, stride_ot, q_mask, D,
+        store_head(O + b.to(tl.int64) * stride_ob + h * stride_oh, q_rows, stride_ot, q_mask, D,
                     acc_a * inv_l[:, None], acc_b * inv_l[:, None], BLOCK_DA, BLOCK_DB)
         if STORE_LSE:
             lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
@@ -221,11 +170,11 @@ def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, st
         rows = start_m + offs_m
         mmask = rows[:, None] < seqlen
         rows_t = (start + rows[:, None]).to(tl.int64)
-        qa, qb = _load_head(Q + h * stride_qh, rows_t, stride_qt, mmask, D, BLOCK_DA, BLOCK_DB)
-        doa, dob = _load_head(DO + h * stride_doh, rows_t, stride_dot, mmask, D, BLOCK_DA, BLOCK_DB)
+        qa, qb = load_head(Q + h * stride_qh, rows_t, stride_qt, mmask, D, BLOCK_DA, BLOCK_DB)
+        doa, dob = load_head(DO + h * stride_doh, rows_t, stride_dot, mmask, D, BLOCK_DA, BLOCK_DB)
         lse = tl.load(LSE + h * stride_lse_h + start + rows, mask=rows < seqlen, other=float("inf"))
         delta = tl.load(DELTA + h * stride_lse_h + start + rows, mask=rows < seqlen, other=0.0)
-        qk = _dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
+        qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:
             visible = offs_n[None, :] < seqlen
@@ -238,7 +187,7 @@ def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, st
         dv_a += tl.dot(pt, doa, input_precision=PRECISION)
         if BLOCK_DB > 0:
             dv_b += tl.dot(pt, dob, input_precision=PRECISION)
-        dp = _dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
+        dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
         dst = tl.trans((p * (dp - delta[:, None])).to(qa.dtype))
         dk_a += tl.dot(dst, qa, input_precision=PRECISION)
         if BLOCK_DB > 0:
@@ -268,8 +217,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
         offs_m = tl.arange(0, BLOCK_M)
         nmask = offs_n[:, None] < seqlen
         rows_n = (start + offs_n[:, None]).to(tl.int64)
-        ka, kb = _load_head(K + hk * stride_kh, rows_n, stride_kt, nmask, D, BLOCK_DA, BLOCK_DB)
-        va, vb = _load_head(V + hk * stride_vh, rows_n, stride_vt, nmask, D, BLOCK_DA, BLOCK_DB)
+        ka, kb = load_head(K + hk * stride_kh, rows_n, stride_kt, nmask, D, BLOCK_DA, BLOCK_DB)
+        va, vb = load_head(V + hk * stride_vh, rows_n, stride_vt, nmask, D, BLOCK_DA, BLOCK_DB)
         dk_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
         dv_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
         if BLOCK_DB > 0:
@@ -307,9 +256,9 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
                 dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, mid_hi, hi,
                 True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB)
-        _store_head(DK + hk * stride_dkh, rows_n, stride_dkt, nmask, D, dk_a * sm_scale, dk_b * sm_scale,
+        store_head(DK + hk * stride_dkh, rows_n, stride_dkt, nmask, D, dk_a * sm_scale, dk_b * sm_scale,
                     BLOCK_DA, BLOCK_DB)
-        _store_head(DV + hk * stride_dvh, rows_n, stride_dvt, nmask, D, dv_a, dv_b, BLOCK_DA, BLOCK_DB)
+        store_head(DV + hk * stride_dvh, rows_n, stride_dvt, nmask, D, dv_a, dv_b, BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
@@ -322,9 +271,9 @@ def _dq_tiles(dq_a, dq_b, qa, qb, doa, dob, lse, delta, K, V, hk, start, seqlen,
         cols = start_n + offs_n
         kv_rows = (start + cols[:, None]).to(tl.int64)
         row_mask = cols[:, None] < seqlen
-        ka, kb = _load_head(K + hk * stride_kh, kv_rows, stride_kt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
-        va, vb = _load_head(V + hk * stride_vh, kv_rows, stride_vt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
-        qk = _dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
+        ka, kb = load_head(K + hk * stride_kh, kv_rows, stride_kt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        va, vb = load_head(V + hk * stride_vh, kv_rows, stride_vt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
+        qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:
             visible = cols[None, :] < seqlen
@@ -333,7 +282,7 @@ def _dq_tiles(dq_a, dq_b, qa, qb, doa, dob, lse, delta, K, V, hk, start, seqlen,
             if HAS_WINDOW:
                 visible = visible & (offs_m[:, None] - cols[None, :] < window)
             p = tl.where(visible, p, 0.0)
-        dp = _dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
+        dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
         ds = (p * (dp - delta[:, None])).to(ka.dtype)
         dq_a += tl.dot(ds, ka, input_precision=PRECISION)
         if BLOCK_DB > 0:
@@ -365,8 +314,8 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
         offs_n = tl.arange(0, BLOCK_N)
         mmask = offs_m[:, None] < seqlen
         rows_m = (start + offs_m[:, None]).to(tl.int64)
-        qa, qb = _load_head(Q + h * stride_qh, rows_m, stride_qt, mmask, D, BLOCK_DA, BLOCK_DB)
-        doa, dob = _load_head(DO + h * stride_doh, rows_m, stride_dot, mmask, D, BLOCK_DA, BLOCK_DB)
+        qa, qb = load_head(Q + h * stride_qh, rows_m, stride_qt, mmask, D, BLOCK_DA, BLOCK_DB)
+        doa, dob = load_head(DO + h * stride_doh, rows_m, stride_dot, mmask, D, BLOCK_DA, BLOCK_DB)
         lse = tl.load(LSE + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=float("inf"))
         delta = tl.load(DELTA + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=0.0)
         dq_a = tl.zeros((BLOCK_M, BLOCK_DA), tl.float32)
@@ -396,7 +345,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
         dq_a, dq_b = _dq_tiles(dq_a, dq_b, qa, qb, doa, dob, lse, delta, K, V, hk, start, seqlen, offs_m, offs_n, D,
                                stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, window, mid_hi, hi,
                                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
-        _store_head(DQ + h * stride_dqh, rows_m, stride_dqt, mmask, D, dq_a * sm_scale, dq_b * sm_scale,
+        store_head(DQ + h * stride_dqh, rows_m, stride_dqt, mmask, D, dq_a * sm_scale, dq_b * sm_scale,
                     BLOCK_DA, BLOCK_DB)
 
 
@@ -405,21 +354,9 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
 INTERPRET_BLOCKS = (16, 16)
 # causal query blocks in reverse grid order (see _query_block); a switch so benchmarks can compare
 HEAVY_FIRST = True
-# head dims that are not a power of two as two tile parts instead of one padded one (_head_split). Off
+# head dims that are not a power of two as two tile parts instead of one padded one (_flash.head_split). Off
 # until a GPU benchmark says it pays (benchmarks/sweep_attention_tiles.py measures both); tested both ways.
 SPLIT_HEAD_DIM = False
-
-
-def _head_split(D: int) -> tuple[int, int]:
-    """(BLOCK_DA, BLOCK_DB): the head dim as tile columns. Without SPLIT_HEAD_DIM, or for a power of two,
-    one part padded to the next power of two (Phi-3's 96 -> 128: a quarter of every matmul on zeros).
-    With it, a power-of-two part and a second, smaller one: 96 = 64 + 32, 80 = 64 + 16, 24 = 16 + 16 (8
-    masked); every tl.dot over the head dim becomes two, the accumulators over it two."""
-    whole = max(16, next_pow2(D))
-    if not SPLIT_HEAD_DIM or whole == D or D <= 16:
-        return whole, 0
-    first = whole // 2  # the largest power of two below D
-    return first, max(16, next_pow2(D - first))
 
 
 def _cfg(D: int, kernel: str) -> dict:
@@ -429,7 +366,7 @@ def _cfg(D: int, kernel: str) -> dict:
     fastest by benchmarks/sweep_attention_tiles.py (_flash.BACKWARD_TILES). In the H200 sweep the forward's
     128 x 128 was 4% faster but spills at sm_90 (scripts/triton_sm90_check.py); not taken."""
     block_d = max(16, next_pow2(D))
-    da, db = _head_split(D)
+    da, db = head_split(D, SPLIT_HEAD_DIM)
     heads = dict(BLOCK_DA=da, BLOCK_DB=db)
     if interpreting():
         bm, bn = INTERPRET_BLOCKS
