@@ -37,7 +37,9 @@ after `--warmup` (runs.bench_perceiver records torch's thread count and the load
 machine the tiny size, a few ms per call, swings several-fold with other jobs' load; use more repeats or
 `--threads 1` there).
 --profile adds runs.bench_perceiver.profile_ours_fwd_bwd_frozen_vision: torch.profiler over ours, kernel
-time grouped (matmul, perceiver attention, layer_norm, gelu, elementwise) and the top kernels.
+time grouped (matmul, perceiver attention, layer_norm, gelu, elementwise), the top kernels, and the aten ops
+behind the copies / fills / concatenations with their input shapes (elementwise_ops; on the H200 the
+elementwise group was 20% of the module's GPU time, its sources not yet attributed).
 extra: the forward GFLOP of each side (matmuls; the baseline's work on masked tokens included) and the
 largest difference between the two outputs (a correctness check).
 """
@@ -205,21 +207,38 @@ PROFILE_GROUPS = [  # (group, substrings of the kernel / op name), first match w
 
 
 def profile_ours(step, device: str, calls: int = 3) -> dict:
-    """torch.profiler over `calls` calls of ours: kernel time by group and the top 15 kernels (the split
-    that decides what to fuse next, e.g. the FF block's LayerNorm and GELU)."""
+    """torch.profiler over `calls` calls of ours: kernel time by group, the top 15 kernels (the split
+    that decides what to fuse next, e.g. the FF block's LayerNorm and GELU), and the aten ops behind the
+    copies / fills / concatenations with their input shapes (elementwise_ops)."""
     from torch.profiler import ProfilerActivity, profile
     step()  # warm
-    acts = [ProfilerActivity.CUDA] if device == "cuda" else [ProfilerActivity.CPU]
-    with profile(activities=acts) as prof:
-        for _ in range(calls):
-            step()
-        if device == "cuda":
-            torch.cuda.synchronize()
+    def profiled(activities, record_shapes):
+        with profile(activities=activities, record_shapes=record_shapes) as prof:
+            for _ in range(calls):
+                step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+        return prof
+
+    # kernels only (CUDA activity alone: every event is a kernel or a copy, none counted twice)
+    prof = profiled([ProfilerActivity.CUDA] if device == "cuda" else [ProfilerActivity.CPU], False)
     times: dict[str, float] = {}
     for ev in prof.key_averages():
         us = ev.self_device_time_total if device == "cuda" else ev.self_cpu_time_total
         if us > 0 and not ev.key.startswith("ProfilerStep"):
             times[ev.key] = times.get(ev.key, 0.0) + us / 1e3 / calls
+    # then the aten ops behind the copies, fills and concatenations, with their input shapes (where the
+    # "elementwise / copies" group comes from): device time of each op's kernels, per call
+    ops_prof = profiled([ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else []), True)
+    copy_ops = []
+    for ev in ops_prof.key_averages(group_by_input_shape=True):
+        if ev.key in ("aten::copy_", "aten::cat", "aten::fill_", "aten::zero_", "aten::add_", "aten::add",
+                      "aten::mul", "aten::sum", "aten::index", "aten::index_put_", "aten::clone"):
+            us = ev.device_time_total if device == "cuda" else ev.cpu_time_total
+            if us > 0:
+                copy_ops.append({"op": ev.key, "shapes": str(ev.input_shapes)[:160],
+                                 "calls": ev.count // calls, "ms": round_sig(us / 1e3 / calls, 4)})
+    copy_ops.sort(key=lambda r: -r["ms"])
     total = sum(times.values()) or 1.0
     groups: dict[str, float] = {}
     for name, ms in times.items():
@@ -231,7 +250,8 @@ def profile_ours(step, device: str, calls: int = 3) -> dict:
             "what": "self device time per kernel (CUDA) or self CPU time per op (CPU), per call",
             "groups": {g: {"ms": round_sig(ms, 4), "frac": round_sig(ms / total, 3)}
                        for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
-            "top": [{"name": n[:120], "ms": round_sig(ms, 4), "frac": round_sig(ms / total, 3)} for n, ms in top]}
+            "top": [{"name": n[:120], "ms": round_sig(ms, 4), "frac": round_sig(ms / total, 3)} for n, ms in top],
+            "elementwise_ops": copy_ops[:12]}
 
 
 def timed_side(value_ms: float, impl: str, tiles: int) -> dict:
