@@ -3,7 +3,8 @@
 # csrc/**/*.cu kernels), check the CUDA entry points exist, run tests/kernels on CUDA (the `gpu`-marked bf16,
 # torch.compile and CUDA-kernel tests included), the whole model on CUDA (tests/model -m gpu), and the
 # kernel benchmarks (bench_kernels, bench_perceiver; with GPU_CHECK_PROFILE=rows a per-kernel profile of those
-# bench_kernels rows, with GPU_CHECK_SWEEP=1 the attention tile and RMSNorm backward sweeps); print a short table last. Logs, junit XML and JSON land under RESULTS_DIR.
+# bench_kernels rows, with GPU_CHECK_SWEEP=1 the attention tile and RMSNorm backward sweeps); print a short
+# table last. Logs, junit XML and JSON land under RESULTS_DIR.
 # Budget: GPU_CHECK_BUDGET_S (default 450 s; each step also has its own cap).
 #
 #   scripts/gpu_check.sh RESULTS_DIR        # XGENMM_SKIP_BUILD=1 skips the build (gpu_session.sh does)
@@ -39,7 +40,8 @@ step bench_perceiver 60 "$PY" benchmarks/bench_perceiver.py --size released --de
 # GPU_CHECK_PROFILE=row,row,...: per-kernel GPU times of those bench_kernels rows (diagnosis; JSON with the logs)
 [[ -n "${GPU_CHECK_PROFILE:-}" ]] && step profile_kernels 60 "$PY" benchmarks/profile_kernels.py \
   --only "$GPU_CHECK_PROFILE" --out "$RESULTS/profile_kernels.json"
-# GPU_CHECK_SWEEP=1: the attention tile sweep and the RMSNorm backward sweep (exploration for _cfg; its JSON stays with the logs)
+# GPU_CHECK_SWEEP=1: the attention tile sweep and the RMSNorm backward sweep (exploration for the kernels'
+# launch options; their JSON stays with the logs)
 [[ "${GPU_CHECK_SWEEP:-0}" == "1" ]] && step sweep_attention_tiles 120 "$PY" benchmarks/sweep_attention_tiles.py \
   --out "$RESULTS/sweep_attention_tiles.json" --budget-s 95 --rep-ms 50
 [[ "${GPU_CHECK_SWEEP:-0}" == "1" ]] && step sweep_rms_norm 60 "$PY" benchmarks/sweep_rms_norm.py \

@@ -8,11 +8,11 @@
 #
 # The device tool brings back at most 8 files from $OUT, so the run works in a temporary folder and leaves
 # in OUTDIR: the results JSON and Markdown (<date>-<device>.json/.md, kernel rows included), steps.txt, and
-# logs.tar.gz (every log and junit XML), and sweep_attention_tiles.json when gpu_check ran the sweep
-# (GPU_CHECK_SWEEP=1). GPU_SESSION_PARTS=check (or bench) runs one of the two scripts only: check alone gets
-# the whole budget (a lease split in two calls: kernels and tests first, the end-to-end suite after fixes);
-# with both, gpu_check gets at most GPU_SESSION_CHECK_S seconds (default 300), gpu_bench the rest. Copy the JSON into benchmarks/results/ here and run
-# benchmarks/report.py --readme README.md.
+# logs.tar.gz (every log and junit XML), and the sweeps' JSON when gpu_check ran them (GPU_CHECK_SWEEP=1) or
+# the kernel profile's (GPU_CHECK_PROFILE). Copy the results JSON into benchmarks/results/ here and run
+# benchmarks/report.py --readme README.md. GPU_SESSION_PARTS=check (or bench) runs one of the two scripts
+# only, check alone with the whole budget; with both, gpu_check gets at most GPU_SESSION_CHECK_S seconds
+# (default 300) and gpu_bench the rest. One call is cheaper than two: each call rebuilds the extension.
 set -uo pipefail
 source "$(dirname "$0")/lib/steps.sh"
 script_setup "$@"
