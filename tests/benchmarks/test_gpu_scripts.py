@@ -1,0 +1,61 @@
+"""The step runner of the benchmark and GPU scripts (scripts/lib/steps.sh) and gpu_session.sh's argument
+check, on the CPU: a step past its cap is stopped with SIGINT first (Python gets a KeyboardInterrupt, so
+pytest would still write its summary and junit XML), recorded as a timeout, and fails the script's status;
+a step with under 10 s left before the deadline is skipped and fails it too. ~10 s."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = os.path.join(ROOT, "scripts", "lib", "steps.sh")
+
+
+def _run_steps(tmp_path, body: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    script = f"""
+set -uo pipefail
+source {STEPS}
+PY={sys.executable}
+STEP_LOGS={tmp_path} STEP_RESERVE=0
+STEP_DEADLINE=$(( $(date +%s) + 60 ))
+: >{tmp_path}/steps.jsonl
+{body}
+echo "status=$status"
+"""
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    return p, steps
+
+
+def test_a_step_past_its_cap_is_interrupted_and_fails_the_status(tmp_path):
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text("import time\ntry:\n    time.sleep(30)\nexcept KeyboardInterrupt:\n"
+                       "    print('interrupted cleanly', flush=True)\n    raise\n")
+    p, steps = _run_steps(tmp_path, f"""
+step quick 10 "$PY" -c "print('ok')"
+step slow 10 "$PY" {sleeper}
+""")
+    assert p.returncode == 0, p.stderr
+    assert [s["step"] for s in steps] == ["quick", "slow"]
+    assert steps[0]["rc"] == 0 and steps[1]["rc"] == 124 and steps[1]["seconds"] < 25
+    assert "interrupted cleanly" in (tmp_path / "slow.log").read_text()  # SIGINT reached Python first
+    assert "TIMEOUT after 10s" in p.stdout and "status=1" in p.stdout
+
+
+def test_a_step_without_time_left_is_skipped_and_fails_the_status(tmp_path):
+    p, steps = _run_steps(tmp_path, """
+STEP_DEADLINE=$(( $(date +%s) + 3 ))
+step late 30 "$PY" -c "print('never')"
+""")
+    assert steps == [{"step": "late", "rc": None, "skipped": "no time left before the deadline"}]
+    assert "SKIPPED" in p.stdout and "status=1" in p.stdout
+    assert not (tmp_path / "late.log").exists()
+
+
+def test_gpu_session_rejects_unknown_parts(tmp_path):
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_session.sh"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, GPU_SESSION_PARTS="kernels"))
+    assert p.returncode == 2 and "GPU_SESSION_PARTS: check, bench or check,bench; got kernels" in p.stdout
