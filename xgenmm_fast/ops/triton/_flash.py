@@ -80,6 +80,33 @@ def online_softmax_step(qk, va, vb, acc_a, acc_b, m_i, l_i, PRECISION: tl.conste
     return acc_a, acc_b, m_new, l_i
 
 
+@triton.jit
+def dq_step(p, delta, doa, dob, va, vb, ka, kb, dq_a, dq_b, BLOCK_DB: tl.constexpr, PRECISION: tl.constexpr):
+    """dQ += dS · K for one key tile, dS = P ∘ (dO · Vᵀ − delta); every tile over the head dim in its parts."""
+    dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
+    ds = (p * (dp - delta[:, None])).to(ka.dtype)
+    dq_a += tl.dot(ds, ka, input_precision=PRECISION)
+    if BLOCK_DB > 0:
+        dq_b += tl.dot(ds, kb, input_precision=PRECISION)
+    return dq_a, dq_b
+
+
+@triton.jit
+def dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB: tl.constexpr,
+              PRECISION: tl.constexpr):
+    """dV += Pᵀ · dO and dK += dSᵀ · Q for one query tile, dS = P ∘ (dO · Vᵀ − delta)."""
+    pt = tl.trans(p.to(doa.dtype))
+    dv_a += tl.dot(pt, doa, input_precision=PRECISION)
+    if BLOCK_DB > 0:
+        dv_b += tl.dot(pt, dob, input_precision=PRECISION)
+    dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
+    dst = tl.trans((p * (dp - delta[:, None])).to(qa.dtype))
+    dk_a += tl.dot(dst, qa, input_precision=PRECISION)
+    if BLOCK_DB > 0:
+        dk_b += tl.dot(dst, qb, input_precision=PRECISION)
+    return dk_a, dk_b, dv_a, dv_b
+
+
 # Backward tiles on the GPU, the same for both kernel families. dK/dV: a program owns BLOCK_N keys and loops
 # over BLOCK_M-row query tiles; dQ: the reverse. Chosen by measurement: benchmarks/sweep_attention_tiles.py
 # on an H200 (2026-11-26, Triton 3.6, Phi-3 shape 8 x 2048, head dim 96, bf16), fwd+bwd 6.81 ms with the

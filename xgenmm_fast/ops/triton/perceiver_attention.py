@@ -21,7 +21,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_reference
-from ._flash import BACKWARD_TILES, dot_t, head_split, load_head, online_softmax_step, store_head
+from ._flash import (BACKWARD_TILES, dkdv_step, dot_t, dq_step, head_split, load_head, online_softmax_step,
+                     store_head)
 from ._utils import interpreting, lastdim_contig, usable
 
 LOG2E = 1.4426950408889634
@@ -129,11 +130,7 @@ def _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KB, VB, MASKB, stride_k
         if HAS_MASK:  # (keys past n_keys need no mask: their k = v = 0 add ds · k = 0 to dq)
             visible = (cols < n_keys) & (tl.load(MASKB + cols, mask=cols < n_keys, other=0) != 0)
             p = tl.where(visible[None, :], p, 0.0)
-        dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
-        ds = (p * (dp - delta[:, None])).to(ka.dtype)
-        dq_a += tl.dot(ds, ka, input_precision=PRECISION)
-        if BLOCK_DB > 0:
-            dq_b += tl.dot(ds, kb, input_precision=PRECISION)
+        dq_a, dq_b = dq_step(p, delta, doa, dob, va, vb, ka, kb, dq_a, dq_b, BLOCK_DB, PRECISION)
     return dq_a, dq_b
 
 
@@ -215,15 +212,8 @@ def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, MASKB, b, h, start_n, n_keys,
         p = tl.exp2(qk - lse[:, None])  # rows past L load lse = +inf: p = 0 there
         if HAS_MASK:  # (keys past n_keys are never stored: only the token mask matters)
             p = tl.where(visible[None, :], p, 0.0)
-        pt = tl.trans(p.to(doa.dtype))
-        dv_a += tl.dot(pt, doa, input_precision=PRECISION)
-        if BLOCK_DB > 0:
-            dv_b += tl.dot(pt, dob, input_precision=PRECISION)
-        dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
-        dst = tl.trans((p * (dp - delta[:, None])).to(qa.dtype))
-        dk_a += tl.dot(dst, qa, input_precision=PRECISION)
-        if BLOCK_DB > 0:
-            dk_b += tl.dot(dst, qb, input_precision=PRECISION)
+        dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB,
+                                           PRECISION)
     store_head(DK + b * sdk_b + h * sdk_h, offs_n[:, None], sdk_t, nmask, D, dk_a * sm_scale, dk_b * sm_scale,
                BLOCK_DA, BLOCK_DB)
     store_head(DV + b * sdv_b + h * sdv_h, offs_n[:, None], sdv_t, nmask, D, dv_a, dv_b, BLOCK_DA, BLOCK_DB)

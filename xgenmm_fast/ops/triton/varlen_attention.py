@@ -30,7 +30,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
-from ._flash import BACKWARD_TILES, dot_t, head_split, load_head, online_softmax_step, store_head
+from ._flash import (BACKWARD_TILES, dkdv_step, dot_t, dq_step, head_split, load_head, online_softmax_step,
+                     store_head)
 from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
@@ -183,15 +184,8 @@ def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, st
             if HAS_WINDOW:
                 visible = visible & (rows[:, None] - offs_n[None, :] < window)
             p = tl.where(visible, p, 0.0)
-        pt = tl.trans(p.to(doa.dtype))
-        dv_a += tl.dot(pt, doa, input_precision=PRECISION)
-        if BLOCK_DB > 0:
-            dv_b += tl.dot(pt, dob, input_precision=PRECISION)
-        dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
-        dst = tl.trans((p * (dp - delta[:, None])).to(qa.dtype))
-        dk_a += tl.dot(dst, qa, input_precision=PRECISION)
-        if BLOCK_DB > 0:
-            dk_b += tl.dot(dst, qb, input_precision=PRECISION)
+        dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB,
+                                           PRECISION)
     return dk_a, dk_b, dv_a, dv_b
 
 
@@ -282,11 +276,7 @@ def _dq_tiles(dq_a, dq_b, qa, qb, doa, dob, lse, delta, K, V, hk, start, seqlen,
             if HAS_WINDOW:
                 visible = visible & (offs_m[:, None] - cols[None, :] < window)
             p = tl.where(visible, p, 0.0)
-        dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
-        ds = (p * (dp - delta[:, None])).to(ka.dtype)
-        dq_a += tl.dot(ds, ka, input_precision=PRECISION)
-        if BLOCK_DB > 0:
-            dq_b += tl.dot(ds, kb, input_precision=PRECISION)
+        dq_a, dq_b = dq_step(p, delta, doa, dob, va, vb, ka, kb, dq_a, dq_b, BLOCK_DB, PRECISION)
     return dq_a, dq_b
 
 
