@@ -43,6 +43,18 @@ def load_head(base, rows, stride_t, row_mask, D, BLOCK_DA: tl.constexpr, BLOCK_D
 
 
 @triton.jit
+def zeros_head(ROWS: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
+    """fp32 accumulators over the head dim in its parts; with BLOCK_DB = 0 a scalar stands in for the
+    second (never used), so that loops carry no second tile."""
+    a = tl.zeros((ROWS, BLOCK_DA), tl.float32)
+    if BLOCK_DB > 0:
+        b = tl.zeros((ROWS, BLOCK_DB), tl.float32)
+    else:
+        b = 0.0
+    return a, b
+
+
+@triton.jit
 def store_head(base, rows, stride_t, row_mask, D, a, b, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
     offs_a = tl.arange(0, BLOCK_DA)
     tl.store(base + rows * stride_t + offs_a[None, :], a.to(base.dtype.element_ty),

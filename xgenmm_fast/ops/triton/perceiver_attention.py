@@ -22,7 +22,7 @@ from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_reference
 from ._flash import (BACKWARD_TILES, dkdv_step, dot_t, dq_step, head_split, load_head, online_softmax_step,
-                     store_head)
+                     store_head, zeros_head)
 from ._utils import interpreting, lastdim_contig, usable
 
 LOG2E = 1.4426950408889634
@@ -69,14 +69,9 @@ def _fwd_source(qa, qb, acc_a, acc_b, m_i, l_i, KB, VB, MASKB, stride_kt, stride
 
 @triton.jit
 def _fwd_init(Q, offs_m, stride_t, L, D, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
-    """The query block's two head parts and the empty online-softmax state (a scalar stands in for the
-    second accumulator when the head dim is not split, so that loops carry no second tile)."""
+    """The query block's two head parts and the empty online-softmax state."""
     qa, qb = load_head(Q, offs_m[:, None], stride_t, offs_m[:, None] < L, D, BLOCK_DA, BLOCK_DB)
-    acc_a = tl.zeros((BLOCK_M, BLOCK_DA), tl.float32)
-    if BLOCK_DB > 0:
-        acc_b = tl.zeros((BLOCK_M, BLOCK_DB), tl.float32)
-    else:
-        acc_b = 0.0
+    acc_a, acc_b = zeros_head(BLOCK_M, BLOCK_DA, BLOCK_DB)
     return qa, qb, acc_a, acc_b, tl.full((BLOCK_M,), -float("inf"), tl.float32), tl.zeros((BLOCK_M,), tl.float32)
 
 
@@ -142,11 +137,7 @@ def _dq_init(Q, DO, LSE, DELTA, offs_m, sq_t, sdo_t, L, D, BLOCK_M: tl.constexpr
     doa, dob = load_head(DO, offs_m[:, None], sdo_t, offs_m[:, None] < L, D, BLOCK_DA, BLOCK_DB)
     lse = tl.load(LSE + offs_m, mask=offs_m < L, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=offs_m < L, other=0.0)
-    dq_a = tl.zeros((BLOCK_M, BLOCK_DA), tl.float32)
-    if BLOCK_DB > 0:
-        dq_b = tl.zeros((BLOCK_M, BLOCK_DB), tl.float32)
-    else:
-        dq_b = 0.0  # (unused; a scalar, so that the loops carry no second tile)
+    dq_a, dq_b = zeros_head(BLOCK_M, BLOCK_DA, BLOCK_DB)
     return qa, qb, doa, dob, lse, delta, dq_a, dq_b
 
 
@@ -192,14 +183,8 @@ def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, MASKB, b, h, start_n, n_keys,
     visible = offs_n < n_keys
     if HAS_MASK:
         visible = visible & (tl.load(MASKB + offs_n, mask=offs_n < n_keys, other=0) != 0)
-    dk_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
-    dv_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
-    if BLOCK_DB > 0:
-        dk_b = tl.zeros((BLOCK_N, BLOCK_DB), tl.float32)
-        dv_b = tl.zeros((BLOCK_N, BLOCK_DB), tl.float32)
-    else:
-        dk_b = 0.0  # (unused; scalars, so that the loop carries no second tiles)
-        dv_b = 0.0
+    dk_a, dk_b = zeros_head(BLOCK_N, BLOCK_DA, BLOCK_DB)
+    dv_a, dv_b = zeros_head(BLOCK_N, BLOCK_DA, BLOCK_DB)
     QB = Q + b * sq_b + h * sq_h
     DOB = DO + b * sdo_b + h * sdo_h
     for start_m in range(0, L, BLOCK_M):

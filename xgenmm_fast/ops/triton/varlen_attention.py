@@ -31,7 +31,7 @@ from torch.library import triton_op, wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
 from ._flash import (BACKWARD_TILES, dkdv_step, dot_t, dq_step, head_split, load_head, online_softmax_step,
-                     store_head)
+                     store_head, zeros_head)
 from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
@@ -121,11 +121,7 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
         vb = V + b.to(tl.int64) * stride_vb + hk * stride_vh
         m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
-        acc_a = tl.zeros((BLOCK_M, BLOCK_DA), tl.float32)
-        if BLOCK_DB > 0:
-            acc_b = tl.zeros((BLOCK_M, BLOCK_DB), tl.float32)
-        else:
-            acc_b = 0.0  # (unused; a scalar, so that the loops carry no second tile)
+        acc_a, acc_b = zeros_head(BLOCK_M, BLOCK_DA, BLOCK_DB)
         # key tiles [lo, hi) that can hold a visible key; of them, [mid_lo, mid_hi) are visible to every row
         # of the block (key n < k_len, n ≤ the block's first position m0 + off, and within the window of
         # its last row): only the tiles on the causal diagonal, the window's edge and k_len compute masks
@@ -213,14 +209,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
         rows_n = (start + offs_n[:, None]).to(tl.int64)
         ka, kb = load_head(K + hk * stride_kh, rows_n, stride_kt, nmask, D, BLOCK_DA, BLOCK_DB)
         va, vb = load_head(V + hk * stride_vh, rows_n, stride_vt, nmask, D, BLOCK_DA, BLOCK_DB)
-        dk_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
-        dv_a = tl.zeros((BLOCK_N, BLOCK_DA), tl.float32)
-        if BLOCK_DB > 0:
-            dk_b = tl.zeros((BLOCK_N, BLOCK_DB), tl.float32)
-            dv_b = tl.zeros((BLOCK_N, BLOCK_DB), tl.float32)
-        else:
-            dk_b = 0.0  # (unused; scalars, so that the loops carry no second tiles)
-            dv_b = 0.0
+        dk_a, dk_b = zeros_head(BLOCK_N, BLOCK_DA, BLOCK_DB)
+        dv_a, dv_b = zeros_head(BLOCK_N, BLOCK_DA, BLOCK_DB)
         # query tiles [lo, hi) that can see a key of the block; [mid_lo, mid_hi) see all of them (rows at
         # or after the block's last key, and within the window of its first key)
         lo = 0
@@ -308,11 +298,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU,
         doa, dob = load_head(DO + h * stride_doh, rows_m, stride_dot, mmask, D, BLOCK_DA, BLOCK_DB)
         lse = tl.load(LSE + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=float("inf"))
         delta = tl.load(DELTA + h * stride_lse_h + start + offs_m, mask=offs_m < seqlen, other=0.0)
-        dq_a = tl.zeros((BLOCK_M, BLOCK_DA), tl.float32)
-        if BLOCK_DB > 0:
-            dq_b = tl.zeros((BLOCK_M, BLOCK_DB), tl.float32)
-        else:
-            dq_b = 0.0  # (unused; a scalar, so that the loops carry no second tile)
+        dq_a, dq_b = zeros_head(BLOCK_M, BLOCK_DA, BLOCK_DB)
         # key tiles as in the forward (offset 0): [mid_lo, mid_hi) visible to every row of the block
         hi = seqlen
         full_hi = seqlen
