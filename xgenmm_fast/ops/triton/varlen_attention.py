@@ -38,6 +38,18 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _visible(q_pos, k_pos, k_len, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """(queries, keys) mask of one tile: key j (< k_len) visible to the query at key position i when
+    j ≤ i (causal) and i − j < window. q_pos, k_pos: 1-D positions in key coordinates."""
+    visible = k_pos[None, :] < k_len
+    if CAUSAL:
+        visible = visible & (k_pos[None, :] <= q_pos[:, None])
+    if HAS_WINDOW:
+        visible = visible & (q_pos[:, None] - k_pos[None, :] < window)
+    return visible
+
+
+@triton.jit
 def _fwd_tiles(acc_a, acc_b, m_i, l_i, qa, qb, kb, vb, k_start, k_len, offs_m, offs_n, off, D,
                stride_kt, stride_vt, qk_scale, window, tile_lo, tile_hi,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
@@ -52,12 +64,7 @@ def _fwd_tiles(acc_a, acc_b, m_i, l_i, qa, qb, kb, vb, k_start, k_len, offs_m, o
         va, vb_ = load_head(vb, kv_rows, stride_vt, row_mask, D, BLOCK_DA, BLOCK_DB, MASKED)
         qk = dot_t(qa, qb, ka, kb_, BLOCK_DB, PRECISION) * qk_scale
         if MASKED:
-            visible = cols[None, :] < k_len
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= offs_m[:, None] + off)
-            if HAS_WINDOW:
-                visible = visible & (offs_m[:, None] + off - cols[None, :] < window)
-            qk = tl.where(visible, qk, -float("inf"))
+            qk = tl.where(_visible(offs_m + off, cols, k_len, window, CAUSAL, HAS_WINDOW), qk, -float("inf"))
         acc_a, acc_b, m_i, l_i = online_softmax_step(qk, va, vb_, acc_a, acc_b, m_i, l_i, PRECISION, BLOCK_DB)
     return acc_a, acc_b, m_i, l_i
 
@@ -174,12 +181,7 @@ def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, st
         qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:
-            visible = offs_n[None, :] < seqlen
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= rows[:, None])
-            if HAS_WINDOW:
-                visible = visible & (rows[:, None] - offs_n[None, :] < window)
-            p = tl.where(visible, p, 0.0)
+            p = tl.where(_visible(rows, offs_n, seqlen, window, CAUSAL, HAS_WINDOW), p, 0.0)
         dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB,
                                            PRECISION)
     return dk_a, dk_b, dv_a, dv_b
@@ -260,12 +262,7 @@ def _dq_tiles(dq_a, dq_b, qa, qb, doa, dob, lse, delta, K, V, hk, start, seqlen,
         qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:
-            visible = cols[None, :] < seqlen
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= offs_m[:, None])
-            if HAS_WINDOW:
-                visible = visible & (offs_m[:, None] - cols[None, :] < window)
-            p = tl.where(visible, p, 0.0)
+            p = tl.where(_visible(offs_m, cols, seqlen, window, CAUSAL, HAS_WINDOW), p, 0.0)
         dq_a, dq_b = dq_step(p, delta, doa, dob, va, vb, ka, kb, dq_a, dq_b, BLOCK_DB, PRECISION)
     return dq_a, dq_b
 
