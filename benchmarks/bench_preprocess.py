@@ -12,7 +12,10 @@ output) vs Pillow with N threads; bicubic_resize (one resize, C++ vs Pillow); an
 anyres_preprocess_cuda/vs_cpp against the C++ path on all cores into a pinned bfloat16 buffer plus the copy
 to the GPU (the largest difference to that C++ output is recorded; 0 expected; `extra` also has the kernel
 alone on already-uploaded sources, kernel_only_images_per_s, the host's share of a call, and host_stage_ms:
-image_to_array of the batch, its packing into a pinned buffer, the upload); anyres_preprocess_cuda/from_arrays
+source_array of the batch (zero-copy views of the PIL images), image_to_array (the copies np.asarray makes,
+what a call did before 2026-11-26's fourth session), the packing into a pinned buffer, the upload);
+pil_source_arrays (preprocess.source_array, the views the C++ and CUDA paths now take, vs image_to_array's
+copies through np.asarray, 1 thread); anyres_preprocess_cuda/from_arrays
 (the same from decoded numpy uint8 arrays, #4's input and its >= 1000 images/s target, vs the C++ path from
 the same arrays, all cores, pinned buffer, copy to the GPU). The CUDA rows
 run only when torch.cuda.is_available() and the call works; otherwise they are recorded as skipped with
@@ -36,7 +39,8 @@ import torch
 from _common import add_output_args, emit, load_average, median_times, result  # noqa: E402  (benchmarks/)
 from xgenmm_fast import _ext
 from xgenmm_fast.data.anyres import resize_and_pad_geometry
-from xgenmm_fast.data.preprocess import pillow_pass_order, preprocess_images
+from xgenmm_fast.data.pil_memory import pixel_view
+from xgenmm_fast.data.preprocess import image_to_array, pillow_pass_order, preprocess_images, source_array
 
 try:
     import PIL
@@ -106,17 +110,20 @@ def cuda_rows(images, config: dict, repeats: int, pillow_fn) -> list[dict]:
     # the kernel alone: sources already uploaded (what a loader that keeps decoded images on the GPU pays)
     from xgenmm_fast import _ext
     from xgenmm_fast.data.anyres import DEFAULT_GRIDS, TILE
-    from xgenmm_fast.data.preprocess import DEFAULT_MEAN, DEFAULT_STD, image_to_array, pack_source_buffer
-    data, descs = pack_source_buffer([image_to_array(im) for im in images], pin_memory=True)
+    from xgenmm_fast.data.preprocess import DEFAULT_MEAN, DEFAULT_STD, pack_source_buffer
+    sources = [source_array(im) for im in images]  # what a call packs (views of the PIL images' memory)
+    data, descs = pack_source_buffer(sources, pin_memory=True)
     data_gpu = data.to("cuda")
     kernel = _ext.cpp_ext().anyres_preprocess_cuda
     grids = [tuple(g) for g in DEFAULT_GRIDS]
     fns["cuda_kernel_only"] = lambda: kernel(data_gpu, descs, grids, TILE, list(DEFAULT_MEAN), list(DEFAULT_STD),
                                              None, "bfloat16", "pillow")
-    # where the host time of a call goes (the H200 run of 2026-11-26: 99% of the call was host work)
-    arrays = [image_to_array(im) for im in images]
+    # where the host time of a call goes (the H200 run of 2026-11-26: 99% of the call was host work, most of
+    # it, by the CPU measurements since, np.asarray's copy of each PIL image)
+    arrays = [image_to_array(im) for im in images]  # decoded (H, W, 3) numpy copies: the from_arrays input
+    fns["stage_source_array"] = lambda: [source_array(im) for im in images]
     fns["stage_image_to_array"] = lambda: [image_to_array(im) for im in images]
-    fns["stage_pack_pinned"] = lambda: pack_source_buffer(arrays, pin_memory=True)
+    fns["stage_pack_pinned"] = lambda: pack_source_buffer(sources, pin_memory=True)
     fns["stage_upload"] = lambda: data.to("cuda", non_blocking=True)
     # from decoded uint8 arrays (#4's input: decoded images of any sizes), both sides
     fns["cuda_from_arrays"] = lambda: preprocess_images(arrays, backend="cuda")
@@ -225,6 +232,15 @@ def main(argv=None) -> int:
         {"threads": 1, "from": [args.width, args.height], "to": [nw, nh], "mode": "RGB", "smoke": args.smoke},
         (1 / secs["ours"], "resizes/s"), None if no_pillow else (1 / secs["baseline"], "resizes/s"),
         higher_is_better=True, extra={"baseline_skipped": no_pillow} if no_pillow else None))
+
+    # a PIL image to the array the C++ / CUDA paths read: its own memory (source_array) vs a copy (np.asarray)
+    if no_pillow is None:
+        secs = median_times({"ours": lambda: [source_array(im) for im in images],
+                             "baseline": lambda: [image_to_array(im) for im in images]}, args.repeats * 4, device="cpu")
+        results.append(result(
+            "pil_source_arrays", {**base_config, "threads": 1, "baseline_impl": "image_to_array (np.asarray copy)"},
+            (n / secs["ours"], "images/s"), (n / secs["baseline"], "images/s"), higher_is_better=True,
+            extra={"zero_copy_views": sum(pixel_view(im) is not None for im in images)}))
 
     pillow_1 = None if no_pillow else with_torch_threads(1, lambda: pillow_batch(images, 1))
     results += cuda_rows(images, base_config, args.repeats, pillow_1)

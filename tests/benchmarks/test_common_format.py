@@ -203,6 +203,8 @@ def test_preprocess_and_planner_smoke_write_the_common_format(tmp_path):
     names = {(r["benchmark"], r["name"]) for r in doc["results"]}
     assert ("bench_preprocess", "anyres_preprocess/threads=1") in names
     assert ("bench_planner", "ffd_windows/budget=4096") in names
+    source = next(r for r in doc["results"] if r["name"] == "pil_source_arrays")
+    assert source["ours"]["value"] > 0 and source["extra"]["zero_copy_views"] >= 0
     for r in doc["results"]:
         assert r["config"]["smoke"] is True
         if r["ours"] is not None and r["baseline"] is not None:

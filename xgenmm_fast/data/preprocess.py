@@ -16,7 +16,9 @@
 
 PIL images in modes L, LA, RGB, RGBA, RGBX and I;16 go to C++ as arrays as they are (the C++ side
 converts them exactly as ``convert("RGB")`` would); P and PA through their palette here; any other
-mode (1, CMYK, YCbCr, I, F, ...) through Pillow's ``convert("RGB")`` first. Pillow itself is only
+mode (1, CMYK, YCbCr, I, F, ...) through Pillow's ``convert("RGB")`` first. L, RGB, RGBA and RGBX images
+(and converted ones) are handed over as views of their own memory where Pillow allows (``source_array``,
+``pil_memory``): np.asarray's copy of each image was most of the CUDA path's host time. Pillow itself is only
 needed for PIL inputs and the "pillow" backend: numpy arrays through "cpp" work without it.
 """
 
@@ -33,6 +35,7 @@ import torch
 
 from xgenmm_fast import _ext
 from xgenmm_fast.data.anyres import DEFAULT_GRIDS, TILE, get_anyres_grid_shape
+from xgenmm_fast.data.pil_memory import pixel_view
 
 try:
     from PIL import Image
@@ -127,6 +130,19 @@ def image_to_array(image: ImageInput, where: str = "image") -> np.ndarray:
     if not arr.dtype.isnative:  # e.g. big-endian uint16
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return np.ascontiguousarray(_check_array(arr, where))
+
+
+def source_array(image: ImageInput, where: str = "image") -> np.ndarray:
+    """What the C++ and CUDA paths are handed: ``image_to_array``'s array, except that a PIL image in mode
+    L, RGB, RGBA or RGBX (or converted to RGB here) comes as a read-only view of its own memory where Pillow
+    allows (``pil_memory.pixel_view``: no copy; RGB as four bytes per pixel, the fourth dropped by C++)."""
+    if _is_pil(image):
+        if image.mode not in _CPP_MODES and image.mode not in _PALETTE_MODES:
+            image = image.convert("RGB")  # as image_to_array would; the view keeps the converted image alive
+        view = pixel_view(image)
+        if view is not None:
+            return view
+    return image_to_array(image, where)
 
 
 def array_to_image(arr: np.ndarray, where: str = "image") -> Image.Image:
@@ -328,7 +344,7 @@ def preprocess_images(
 
     if backend in ("cuda", "cpp"):  # the C++ CPU path or the CUDA kernel; the same geometry and masks
         order = orders[resize_order] or pillow_pass_order()
-        arrays = [image_to_array(im, f"image {i}") for i, im in enumerate(images)]
+        arrays = [source_array(im, f"image {i}") for i, im in enumerate(images)]
         if backend == "cuda":
             pixel_values, tiles, shapes = _run_packed(
                 arrays, grid_list, tile, mean3, std3, out, order, emulate=False, device=device
