@@ -1,4 +1,4 @@
-"""Launch-option sweep for the RMSNorm backward on a GPU: rows per step, programs per SM and warps
+"""Launch-option sweep for the RMSNorm backward on a GPU: rows per step, prefetch, programs per SM and warps
 (`rms_norm.BWD_TUNING`), timed as bench_kernels' rms_norm_fwd_bwd row (16384 x 3072, bf16) and as GB/s
 against the device copy bandwidth measured in the same run. Exploration for choosing BWD_TUNING, like
 sweep_attention_tiles.py for the attention tiles; #4's target is >= 70% of the copy bandwidth.
@@ -26,8 +26,13 @@ from _sweep import error_text, exit_on_device_problem, header, timer  # noqa: E4
 
 import xgenmm_fast.ops.triton.rms_norm as rn  # noqa: E402
 
-CANDIDATES = [dict(rows_per_step=r, programs_per_sm=p, num_warps=w)
-              for r, p, w in itertools.product((1, 2, 4), (2, 4, 8), (4, 8, 16))]
+# Static model (scripts/triton_sm90_check.py's CTA/SM, 16384 x 3072 bf16): the default (1 row per step, 16
+# warps) has 72 registers, one program per SM and one row's loads in flight per SM; the candidates raise the
+# rows in flight per SM (prefetch, several rows per step, more CTAs at 8 warps). Programs per SM beyond what
+# fits run in waves; 1 is the no-wave case. Grouped by (rows per step, prefetch), 6 candidates each.
+CANDIDATES = [dict(rows_per_step=r, prefetch=f, programs_per_sm=p, num_warps=w)
+              for (r, f), w, p in itertools.product(((1, True), (1, False), (2, False), (4, False)), (8, 16, 32),
+                                                    (1, 4))]
 
 
 def parse_args(argv=None):
@@ -77,7 +82,7 @@ def main(argv=None) -> int:
                                      "dtype": str(dtype).replace("torch.", ""), "copy_gbps": copy_gbps,
                                      "seconds": round(time.time() - t_start, 1), "rows": rows})
 
-    for cand in [default] + (CANDIDATES[::9] if args.smoke else CANDIDATES):  # (smoke: 1, 2, 4 rows per step)
+    for cand in [default] + (CANDIDATES[::6] if args.smoke else CANDIDATES):  # (smoke: one of each group)
         if time.time() - t_start > args.budget_s:
             break
         row = {"options": cand, "default": cand == default}
@@ -99,10 +104,12 @@ def main(argv=None) -> int:
         save()
         print(json.dumps(row), flush=True)
     save()
-    print(f"{'rows/step':>9s} {'prog/SM':>7s} {'warps':>5s} {'ms':>8s} {'GB/s':>8s} {'%copy':>6s} max|diff|")
+    print(f"{'rows/step':>9s} {'prefetch':>8s} {'prog/SM':>7s} {'warps':>5s} {'ms':>8s} {'GB/s':>8s} {'%copy':>6s} "
+          "max|diff|")
     for r in sorted(rows, key=lambda r: r.get("ms", 1e9)):
         o = r["options"]
-        print(f"{o['rows_per_step']:9d} {o['programs_per_sm']:7d} {str(o['num_warps']):>5s} "
+        print(f"{o['rows_per_step']:9d} {str(o.get('prefetch', False)):>8s} {o['programs_per_sm']:7d} "
+              f"{str(o['num_warps']):>5s} "
               f"{r.get('ms', float('nan')):8.3f} {r.get('gbps', float('nan')):8.1f} "
               f"{100 * r.get('frac_copy', float('nan')):6.1f} {r.get('max_abs_diff', '')} {r.get('error', '')}")
     return 0

@@ -12,6 +12,8 @@ check closes that gap without a GPU:
 2. compile (this process, no interpreter): each distinct launch is compiled with triton.compile for
    GPUTarget("cuda", 90, 32) down to a cubin (Triton ships ptxas; no driver is needed), and
    `cuobjdump --dump-resource-usage` reads registers, stack (spills) and static shared memory from it.
+   CTA/SM is what follows for occupancy: thread blocks per SM by registers, warps and shared memory
+   (`ctas_per_sm`), which bounds the loads in flight of kernels that loop over rows.
 
 Fails (exit 1) on a recording or compile error, a kernel whose shared memory exceeds the H100's 227 KB per
 block, or register spills (stack bytes > --max-spill-bytes, default 0), except in the kernels of
@@ -88,6 +90,9 @@ def _workloads():
         try:
             rn.BWD_TUNING.update(rows_per_step=2, num_warps=16)
             fwd_bwd(rms_norm_triton(leaf(4, 3072), leaf(3072), 1e-5))
+            for warps in (8, 16):  # the prefetching variant, one row per step
+                rn.BWD_TUNING.update(rows_per_step=1, num_warps=warps, prefetch=True)
+                fwd_bwd(rms_norm_triton(leaf(4, 3072), leaf(3072), 1e-5))
         finally:
             rn.BWD_TUNING.update(before)
 
@@ -235,6 +240,23 @@ def _resource_usage(cubin: bytes) -> dict:
     return usage
 
 
+# sm_90 (H100 / H200) per-SM limits, from NVIDIA's occupancy tables (compute capability 9.0)
+SM90_LIMITS = dict(registers=65536, warps=64, blocks=32, shared_bytes=228 * 1024, reserved_shared_per_block=1024,
+                   register_unit_per_warp=256)
+
+
+def ctas_per_sm(registers: int, num_warps: int, shared_bytes: int = 0) -> int:
+    """Thread blocks of one kernel that fit on an sm_90 SM at once, by registers (allocated per warp in units
+    of 256), warps and shared memory: what bounds the loads in flight of a kernel that loops over rows."""
+    lim = SM90_LIMITS
+    unit = lim["register_unit_per_warp"]
+    per_warp = -(-max(registers, 1) * 32 // unit) * unit
+    by_regs = (lim["registers"] // per_warp) // num_warps
+    by_warps = lim["warps"] // num_warps
+    by_shared = lim["shared_bytes"] // (shared_bytes + lim["reserved_shared_per_block"])
+    return max(0, min(lim["blocks"], by_regs, by_warps, by_shared))
+
+
 def compile_launch(launch: dict) -> dict:
     import importlib
 
@@ -248,6 +270,8 @@ def compile_launch(launch: dict) -> dict:
     usage = _resource_usage(k.asm["cubin"])
     shared = getattr(k.metadata, "shared", None)  # what Triton allocates (dynamic), bytes
     usage["shared_bytes"] = shared
+    usage["ctas_per_sm"] = ctas_per_sm(usage["registers"] or 0, launch["options"].get("num_warps", 4),
+                                       (shared or 0) + (usage["static_shared_bytes"] or 0))
     return usage
 
 
@@ -293,7 +317,7 @@ def main(argv=None) -> int:
         failed += "error" in row
         rows.append(row)
     print(f"{'kernel':34s} {'tiles / constexprs':46s} {'warps':>5s} {'stg':>3s} {'regs':>4s} {'spill B':>7s} "
-          f"{'smem KB':>7s}")
+          f"{'smem KB':>7s} {'CTA/SM':>6s}")
     for r in rows:
         cx = ",".join(f"{k}={v}" for k, v in r["constexprs"].items() if k.startswith("BLOCK") or
                       k in ("CAUSAL", "HAS_WINDOW", "VARLEN", "HAS_MASK", "BACKWARD", "WRITE_GRAD"))
@@ -303,7 +327,8 @@ def main(argv=None) -> int:
             print(f"{r['kernel']:34s} {cx[:46]:46s} ERROR {r['error']}")
             continue
         print(f"{r['kernel']:34s} {cx[:46]:46s} {o.get('num_warps', '-')!s:>5s} {o.get('num_stages', '-')!s:>3s} "
-              f"{r['registers']!s:>4s} {r['stack_bytes']!s:>7s} {(r['shared_bytes'] or 0) / 1024:7.1f}"
+              f"{r['registers']!s:>4s} {r['stack_bytes']!s:>7s} {(r['shared_bytes'] or 0) / 1024:7.1f} "
+              f"{r['ctas_per_sm']!s:>6s}"
               + ("  (measured; accepted)" if "accepted_spills" in r else ""))
     print(f"triton_sm90_check: {len(rows)} kernel configurations compiled for sm_90, {failed} failed")
     if args.json:

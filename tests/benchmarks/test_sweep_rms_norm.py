@@ -23,8 +23,9 @@ def test_smoke_rows_and_restored_options(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["script"] == "sweep_rms_norm" and doc["device"] and doc["shape"] == [37, 200]
     rows = doc["rows"]
-    assert rows[0]["default"] and len(rows) == 4
-    assert {r["options"]["rows_per_step"] for r in rows} == {1, 2, 4}
+    assert rows[0]["default"] and len(rows) == 5
+    assert {(r["options"]["rows_per_step"], r["options"].get("prefetch", False)) for r in rows} == {
+        (1, False), (1, True), (2, False), (4, False)}
     for r in rows:
         assert "error" not in r, r
         assert r["ms"] > 0 and r["max_abs_diff"] < 1e-4, r

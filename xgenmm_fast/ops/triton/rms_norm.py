@@ -10,6 +10,10 @@ Measured on an H200 (bench_kernels rms_norm_fwd_bwd, 16384 x 3072 bf16): 0.61 ms
 a two-kernel variant (a one-row-per-program dx kernel plus a tiled dweight column reduction, reading x and dy
 twice, commits b3ef7d7..18a0a4b) took 0.85 ms and was reverted. Both are far from the copy bandwidth
 (#4's target: 70%); the cause is not profiled yet (benchmarks/profile_kernels.py --only rms_norm_fwd_bwd).
+A likely one, from the static check (scripts/triton_sm90_check.py, CTA/SM column): at 16 warps the backward
+takes 72 registers, so one program fits on an SM, with one row's loads in flight (the forward, 32 registers,
+fits four). BWD_TUNING's variants (prefetch, several rows per step, 8 or 32 warps) raise the rows in flight;
+benchmarks/sweep_rms_norm.py times them on a GPU.
 """
 from __future__ import annotations
 
@@ -39,10 +43,38 @@ def _rms_norm_fwd_kernel(X, W, Y, RSTD, stride_x, stride_y, N, eps, BLOCK_N: tl.
 
 
 @triton.jit
+def _bwd_row_grads(x, dy, rstd, w, DX_ROW, cols, m, N, dw):
+    """One row: stores dx = rstd · (g − n · mean(g · n)) (g = dy · w, n = x · rstd), returns dw + dy · n (n
+    rounded to x's dtype, as the forward rounds it)."""
+    xf = x.to(tl.float32)
+    dyf = dy.to(tl.float32)
+    n = xf * rstd
+    g = dyf * w
+    dx = rstd * (g - n * (tl.sum(g * n, axis=0) / N))
+    tl.store(DX_ROW + cols, dx.to(DX_ROW.dtype.element_ty), mask=m)
+    return dw + dyf * n.to(x.dtype).to(tl.float32)
+
+
+@triton.jit
+def _load_row(DY, X, RSTD, row, row_end, cols, m, stride_dy, stride_x):
+    """x, dy and rstd of `row`; past row_end (the prefetch one row beyond the last) x and dy are zeros and
+    rstd is the last row's (every program has a row: _bwd_plan)."""
+    mask = m & ((row + tl.zeros_like(cols)) < row_end)  # (a scalar & a vector mask fails under the interpreter)
+    row64 = tl.cast(row, tl.int64)
+    x = tl.load(X + row64 * stride_x + cols, mask=mask, other=0.0)
+    dy = tl.load(DY + row64 * stride_dy + cols, mask=mask, other=0.0)
+    rstd = tl.load(RSTD + tl.minimum(row, row_end - 1))
+    return x, dy, rstd
+
+
+@triton.jit
 def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, stride_dy, stride_x, stride_dx, n_rows, N,
-                         rows_per_program, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+                         rows_per_program, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr):
     # program pid: rows [pid · rows_per_program, ...) — dx for each, and its partial dweight row;
-    # BLOCK_R rows per step (BLOCK_R = 1: the kernel measured on the H200, one row per step)
+    # BLOCK_R rows per step (BLOCK_R = 1 without PREFETCH: the kernel measured on the H200, one row per step).
+    # PREFETCH (BLOCK_R = 1): the next row is loaded before this row's work, so that its memory latency
+    # overlaps this row's reduction and store. Without it a program has one row's loads in flight, and at
+    # 16 warps and 72 registers one program fits on an SM (scripts/triton_sm90_check.py, CTA/SM column).
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     m = cols < N
@@ -50,18 +82,21 @@ def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, stride_dy, stride_x, strid
     row0 = pid * rows_per_program
     if BLOCK_R == 1:
         dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for i in range(0, rows_per_program):
-            row = (row0 + i).to(tl.int64)
-            if row < n_rows:
-                x = tl.load(X + row * stride_x + cols, mask=m, other=0.0)
-                xf = x.to(tl.float32)
-                dy = tl.load(DY + row * stride_dy + cols, mask=m, other=0.0).to(tl.float32)
-                rstd = tl.load(RSTD + row)
-                n = xf * rstd
-                g = dy * w
-                dx = rstd * (g - n * (tl.sum(g * n, axis=0) / N))
-                tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=m)
-                dw += dy * n.to(x.dtype).to(tl.float32)  # as the forward rounds it
+        if PREFETCH:
+            row_end = tl.minimum(row0 + rows_per_program, n_rows)
+            x_next, dy_next, rstd_next = _load_row(DY, X, RSTD, row0, row_end, cols, m, stride_dy, stride_x)
+            for r in range(row0, row_end):
+                x, dy, rstd = x_next, dy_next, rstd_next
+                x_next, dy_next, rstd_next = _load_row(DY, X, RSTD, r + 1, row_end, cols, m, stride_dy, stride_x)
+                dw = _bwd_row_grads(x, dy, rstd, w, DX + tl.cast(r, tl.int64) * stride_dx, cols, m, N, dw)
+        else:
+            for i in range(0, rows_per_program):
+                row = (row0 + i).to(tl.int64)
+                if row < n_rows:
+                    x = tl.load(X + row * stride_x + cols, mask=m, other=0.0)
+                    dy = tl.load(DY + row * stride_dy + cols, mask=m, other=0.0)
+                    rstd = tl.load(RSTD + row)
+                    dw = _bwd_row_grads(x, dy, rstd, w, DX + row * stride_dx, cols, m, N, dw)
         tl.store(DW_PART + pid.to(tl.int64) * N + cols, dw, mask=m)
     else:
         # BLOCK_R rows at a time: more loads in flight per program, one loop without a branch
@@ -85,9 +120,10 @@ def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, stride_dy, stride_x, strid
 
 
 # Launch options of the backward, a table so that a GPU sweep can vary them (benchmarks/sweep_rms_norm.py):
-# rows per step (BLOCK_R), programs per SM, warps (None: one per 256 columns, at most 16). The defaults are
-# the kernel measured on an H200 (0.61 ms fwd+bwd at 16384 x 3072 bf16).
-BWD_TUNING = dict(rows_per_step=1, programs_per_sm=4, num_warps=None)
+# rows per step (BLOCK_R), programs per SM, warps (None: one per 256 columns, at most 16), prefetch (one row
+# per step only: the next row's loads issued before this row's work; unmeasured). The defaults are the kernel
+# measured on an H200 (0.61 ms fwd+bwd at 16384 x 3072 bf16).
+BWD_TUNING = dict(rows_per_step=1, programs_per_sm=4, num_warps=None, prefetch=False)
 
 
 def _num_warps(block_n: int) -> int:
@@ -129,6 +165,9 @@ def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     if rows == 0 or N == 0:
         return dx.view(x.shape), torch.zeros_like(weight)
     rstd = rstd.contiguous()
+    prefetch = bool(BWD_TUNING.get("prefetch", False))
+    if prefetch and BWD_TUNING["rows_per_step"] != 1:
+        raise ValueError(f"rms_norm BWD_TUNING: prefetch needs rows_per_step=1, got {BWD_TUNING['rows_per_step']}")
     n_prog, rows_per_program = _bwd_plan(rows, x.device)
     dw_part = torch.empty((n_prog, N), dtype=torch.float32, device=x.device)
     block = next_pow2(N)
@@ -136,6 +175,7 @@ def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     wrap_triton(_rms_norm_bwd_kernel)[(n_prog,)](dy2, x2, weight.contiguous(), rstd, dx, dw_part, dy2.stride(0),
                                                  x2.stride(0), dx.stride(0), rows, N, rows_per_program,
                                                  BLOCK_R=BWD_TUNING["rows_per_step"], BLOCK_N=block,
+                                                 PREFETCH=prefetch,
                                                  num_warps=1 if interpreting() else warps)
     return dx.view(x.shape), dw_part.sum(0).to(weight.dtype)
 
