@@ -126,3 +126,33 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(model):
         model.zero_grad()
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert rel_err(results[1][1], results[0][1]) < 1e-6
+
+
+def test_qkv_backward_is_one_cat_not_three_zero_filled_slices(model):
+    """The attention block's q / k / v are one split of the fused projection: autograd's backward for it is
+    one cat. Three slices (as before 2026-11-26's fourth session) each made a zero tensor of the projection's
+    size, copied their gradient in, and the three were added. Checked on the autograd graph: no slice of a
+    tensor as wide as the projection, and a split of it."""
+    from xgenmm_fast.model.phi3 import AttentionLayout
+    from xgenmm_fast.ops import rope
+    layer = model.lang_model.model.layers[0].self_attn
+    cfg = layer.cfg
+    total, width = 23, layer.qkv_proj.out_features
+    x = torch.randn(total, cfg.hidden_size, requires_grad=True)
+    cos, sin = rope.rope_cos_sin(torch.arange(total), cfg.head_dim, cfg.rope_theta, x.dtype)
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # over heads, as Phi3Model passes them
+    out = layer(x, cos, sin, AttentionLayout(cu_seqlens=torch.tensor([0, 9, total], dtype=torch.int32)))
+    seen, stack, nodes = set(), [out.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes.append(node)
+        stack.extend(f for f, _ in node.next_functions)
+
+    def input_width(node):
+        return tuple(getattr(node, "_saved_self_sym_sizes", ()) or ())[-1:] == (width,)
+
+    assert not [n for n in nodes if type(n).__name__ == "SliceBackward0" and input_width(n)]
+    assert [n for n in nodes if type(n).__name__.startswith("SplitWithSizesBackward") and input_width(n)]

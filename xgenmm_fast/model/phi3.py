@@ -110,13 +110,19 @@ class Phi3Attention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.hidden_size, qkv_out, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
+    def _split_qkv(self, qkv: torch.Tensor, lead) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (*lead, H, d), k and v (*lead, Hkv, d): views of the fused projection. One split, not three
+        slices: its backward is one cat of the three gradients, where each slice's backward made a zero
+        (…, qkv) tensor, copied its part in and the three were added (~2 GB of memory traffic per layer at
+        11k tokens on the released model, against 0.4 GB)."""
+        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q, k, v = qkv.split([nq, nkv, nkv], dim=-1)
+        return (q.view(*lead, self.n_heads, self.head_dim), k.view(*lead, self.n_kv, self.head_dim),
+                v.view(*lead, self.n_kv, self.head_dim))
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: AttentionLayout):
         lead = x.shape[:-1]  # (B, T) padded or (total,) packed
-        qkv = self.qkv_proj(x)
-        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q = qkv[..., :nq].view(*lead, self.n_heads, self.head_dim)
-        k = qkv[..., nq:nq + nkv].view(*lead, self.n_kv, self.head_dim)
-        v = qkv[..., nq + nkv:].view(*lead, self.n_kv, self.head_dim)
+        q, k, v = self._split_qkv(self.qkv_proj(x), lead)
         q, k = rope.apply_rope(q, k, cos, sin)
         if layout.packed:
             o = attention.varlen_attention(q, k, v, layout.cu_seqlens, causal=True,
@@ -125,7 +131,7 @@ class Phi3Attention(nn.Module):
             o = attention.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
                                     key_padding_mask=layout.key_padding_mask,
                                     sliding_window=self.cfg.sliding_window).transpose(1, 2)
-        return self.o_proj(o.reshape(*lead, nq))
+        return self.o_proj(o.reshape(*lead, self.n_heads * self.head_dim))
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache, layer_idx: int,
                        cu_seqlens: torch.Tensor | None = None):
@@ -137,11 +143,7 @@ class Phi3Attention(nn.Module):
         `cache` is an `inference.kv_cache.KVCache` on which a step has begun.
         """
         lead = x.shape[:-1]
-        qkv = self.qkv_proj(x)
-        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q = qkv[..., :nq].view(*lead, self.n_heads, self.head_dim)
-        k = qkv[..., nq:nq + nkv].view(*lead, self.n_kv, self.head_dim)
-        v = qkv[..., nq + nkv:].view(*lead, self.n_kv, self.head_dim)
+        q, k, v = self._split_qkv(self.qkv_proj(x), lead)
         q, k = rope.apply_rope(q, k, cos, sin)
         cache.append(layer_idx, k, v)
         if cu_seqlens is not None:
@@ -150,7 +152,7 @@ class Phi3Attention(nn.Module):
             k_cache, v_cache, seqlens = cache.view(layer_idx)
             o = attention.decode_attention(q.transpose(1, 2), k_cache, v_cache, seqlens,
                                            sliding_window=self.cfg.sliding_window).transpose(1, 2)
-        return self.o_proj(o.reshape(*lead, nq))
+        return self.o_proj(o.reshape(*lead, self.n_heads * self.head_dim))
 
 
 class Phi3MLP(nn.Module):
