@@ -14,7 +14,7 @@ computing a mask: only the tiles on the causal diagonal, the window's edge and t
 to the next power of two inside the tile with masked loads/stores, or, with SPLIT_HEAD_DIM, carried as
 two column parts (96 = 64 + 32: no matmul work on padding; `_flash.head_split`). Backward (FA2 style,
 recomputation from the saved lse):
-delta = rowsum(dO · O); a dK/dV kernel per (key block, sequence, kv head) that loops over the q heads of
+delta = rowsum(dO · O) (one pass, `_flash.backward_delta`); a dK/dV kernel per (key block, sequence, kv head) that loops over the q heads of
 its GQA group and the visible query blocks (no atomics), and a dQ kernel per (query block, sequence,
 q head).
 
@@ -30,8 +30,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
-from ._flash import (BACKWARD_TILES, dkdv_step, dot_t, dq_step, head_split, load_head, online_softmax_step,
-                     store_head, zeros_head)
+from ._flash import (BACKWARD_TILES, backward_delta, dkdv_step, dot_t, dq_step, head_split, load_head,
+                     online_softmax_step, store_head, zeros_head)
 from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
@@ -402,7 +402,9 @@ def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     if total == 0 or n_seq <= 0 or max_seqlen <= 0:
         return dq, dk, dv
     do = lastdim_contig(do)
-    delta = (do.float() * o.float()).sum(-1).t().contiguous()  # (Hq, total)
+    # (Hq, total): o and do seen as (head, token, D), delta written in the lse layout
+    delta = backward_delta(o.transpose(0, 1), do.transpose(0, 1),
+                           torch.empty((Hq, total), dtype=torch.float32, device=q.device), interpreting())
     common = dict(CAUSAL=causal, HAS_WINDOW=window > 0, PRECISION=_precision(q.dtype))
     c = _cfg(D, "dkdv")
     wrap_triton(_attn_bwd_dkdv_kernel)[(triton.cdiv(max_seqlen, c["BLOCK_N"]), n_seq, Hkv)](
