@@ -156,3 +156,25 @@ def test_qkv_backward_is_one_cat_not_three_zero_filled_slices(model):
 
     assert not [n for n in nodes if type(n).__name__ == "SliceBackward0" and input_width(n)]
     assert [n for n in nodes if type(n).__name__.startswith("SplitWithSizesBackward") and input_width(n)]
+
+
+def test_packed_forward_hands_attention_the_host_max_seqlen(model, monkeypatch):
+    """pack_samples records the longest sequence on the host; every layer's varlen attention gets it (the
+    GPU backends then size their launch without reading cu_seqlens back: one device sync per layer less),
+    and it survives .to()."""
+    from xgenmm_fast.ops import attention
+    seen = []
+    real = attention.varlen_attention
+
+    def spy(q, k, v, cu_seqlens, **kw):
+        seen.append(kw.get("max_seqlen"))
+        return real(q, k, v, cu_seqlens, **kw)
+
+    monkeypatch.setattr(attention, "varlen_attention", spy)
+    gen = torch.Generator().manual_seed(5)
+    batch = pack_samples(_samples(model, gen), model.media_token_id, model.config.perceiver.num_latents)
+    longest = int((batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).max())
+    assert batch.max_seqlen == longest and batch.to("cpu").max_seqlen == longest
+    with torch.no_grad():
+        model.forward_packed(batch.to("cpu"))
+    assert seen == [longest] * model.config.text.num_hidden_layers

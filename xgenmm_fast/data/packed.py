@@ -38,6 +38,7 @@ class PackedBatch:
     sample_ids: list[str] = field(default_factory=list)
     num_truncated: int = 0
     media_source: torch.Tensor | None = None
+    max_seqlen: int | None = None  # the longest sequence (host int; None: attention reads it from cu_seqlens)
 
     @property
     def num_tokens(self) -> int:
@@ -58,7 +59,8 @@ class PackedBatch:
             pv = pv.to(dtype)
         return PackedBatch(move(self.input_ids), move(self.media_index), move(self.cu_seqlens),
                            move(self.positions), move(self.targets), pv, self.tiles_per_image,
-                           self.image_sizes, self.sample_ids, self.num_truncated, move(self.media_source))
+                           self.image_sizes, self.sample_ids, self.num_truncated, move(self.media_source),
+                           self.max_seqlen)
 
 
 @dataclass
@@ -164,4 +166,5 @@ def pack_samples(samples: Sequence[StreamSample], media_token_id: int, tokens_pe
         sample_ids=sample_ids,
         num_truncated=truncated,
         media_source=torch.tensor(source_out, dtype=torch.long) if shared else None,
+        max_seqlen=max((b - a for a, b in zip(cu[:-1], cu[1:])), default=0),
     )

@@ -21,6 +21,7 @@ from ..ops import activations, attention, embedding, loss, norms, rope
 class AttentionLayout:
     key_padding_mask: torch.Tensor | None = None  # padded layout
     cu_seqlens: torch.Tensor | None = None  # packed layout
+    max_seqlen: int | None = None  # packed: the longest sequence, known on the host (saves a sync per layer)
 
     @property
     def packed(self) -> bool:
@@ -126,7 +127,7 @@ class Phi3Attention(nn.Module):
         q, k = rope.apply_rope(q, k, cos, sin)
         if layout.packed:
             o = attention.varlen_attention(q, k, v, layout.cu_seqlens, causal=True,
-                                           sliding_window=self.cfg.sliding_window)
+                                           sliding_window=self.cfg.sliding_window, max_seqlen=layout.max_seqlen)
         else:
             o = attention.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
                                     key_padding_mask=layout.key_padding_mask,

@@ -249,7 +249,8 @@ class XGenMM(nn.Module):
             source = getattr(batch, "media_source", None)
         embeds = self.lang_model.get_input_embeddings()(batch.input_ids, media_index=batch.media_index,
                                                         tokens=tokens, media_source=source)  # (N, E)
-        hidden = self.lang_model(embeds, batch.positions, AttentionLayout(cu_seqlens=batch.cu_seqlens))
+        layout = AttentionLayout(cu_seqlens=batch.cu_seqlens, max_seqlen=getattr(batch, "max_seqlen", None))
+        hidden = self.lang_model(embeds, batch.positions, layout)
         return hidden, feats
 
     def _images_per_sample(self, vision_x, image_size, lang_x) -> list[list[torch.Tensor]]:

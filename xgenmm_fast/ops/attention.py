@@ -3,7 +3,9 @@ perceiver's two-source attention.
 
 Layouts (flash-attention style, spelled out):
 - `attention`:          q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D); Hq % Hkv == 0 (grouped-query ready).
-- `varlen_attention`:   q (total, Hq, D), k/v (total, Hkv, D), cu_seqlens (n_seq + 1,) int32.
+- `varlen_attention`:   q (total, Hq, D), k/v (total, Hkv, D), cu_seqlens (n_seq + 1,) int32 from 0 to
+  total; optional `max_seqlen`, a host int ≥ the longest sequence: the GPU backends size their launch by it,
+  and without it read it from the device (a sync per call).
 - `perceiver_attention`: q (N, H, L, D) latent queries; media keys/values (N, H, M, D) with a
   (N, M) 0/1 mask; latent keys/values (N, H, L, D) never masked.
 - `perceiver_attention_varlen`: the same with only the visible media keys, packed: k_media/v_media
@@ -90,13 +92,13 @@ def _varlen_by_sequence(dense_fn, q, k, v, cu_seqlens, causal, sliding_window, s
 
 
 def varlen_attention_reference(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = True,
-                               sliding_window=None, scale: float | None = None) -> torch.Tensor:
+                               sliding_window=None, scale: float | None = None, max_seqlen=None) -> torch.Tensor:
     """Each packed sequence attends only within itself. Loops over sequences (reference, not fast)."""
     return _varlen_by_sequence(attention_reference, q, k, v, cu_seqlens, causal, sliding_window, scale)
 
 
 def varlen_attention_sdpa(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = True,
-                          sliding_window=None, scale: float | None = None) -> torch.Tensor:
+                          sliding_window=None, scale: float | None = None, max_seqlen=None) -> torch.Tensor:
     """Per-sequence torch SDPA (the CPU fallback; GPU backends replace it)."""
     return _varlen_by_sequence(attention_sdpa, q, k, v, cu_seqlens, causal, sliding_window, scale)
 
