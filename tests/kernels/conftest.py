@@ -25,3 +25,15 @@ def seed():
     print(f"seed={s}")
     torch.manual_seed(s)
     return s
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_output_buffers(monkeypatch):
+    """Kernel outputs allocated without a zero fill (`_utils.unwritten`) start as NaN in every kernel test, so
+    an element a kernel fails to write shows up as NaN instead of as whatever the allocator left there."""
+    from xgenmm_fast.ops.triton import _utils
+
+    def nan_filled(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(_utils, "unwritten", nan_filled)

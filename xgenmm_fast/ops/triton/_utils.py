@@ -35,6 +35,12 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def unwritten(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """An output buffer the kernel writes completely (torch.empty: no zero fill). The tests replace this with a
+    NaN-filled buffer to check that every element is written."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def row_view(x: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (rows, N) with unit stride on the last dim (copies only when it has to)."""
     x2 = x.reshape(-1, x.shape[-1])

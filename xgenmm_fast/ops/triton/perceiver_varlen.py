@@ -24,6 +24,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_varlen_reference
+from . import _utils
 from ._utils import lastdim_contig, usable
 from ._flash import store_head
 from .perceiver_attention import (LOG2E, _cfg, _dkdv_block, _dq_init, _dq_source, _fwd_finish, _fwd_init,
@@ -146,13 +147,13 @@ def perceiver_varlen_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tenso
                          o: torch.Tensor, lse: torch.Tensor, scale: float
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     N, H, L, D = q.shape
-    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
-    dkm = torch.zeros(k_media.shape, dtype=k_media.dtype, device=q.device)
-    dvm = torch.zeros(v_media.shape, dtype=v_media.dtype, device=q.device)
-    dkl = torch.zeros(k_latent.shape, dtype=k_latent.dtype, device=q.device)
-    dvl = torch.zeros(v_latent.shape, dtype=v_latent.dtype, device=q.device)
     if N == 0 or H == 0 or L == 0:
-        return dq, dkm, dvm, dkl, dvl
+        return tuple(torch.zeros(t.shape, dtype=t.dtype, device=q.device)
+                     for t in (q, k_media, v_media, k_latent, v_latent))
+    # all written: dQ and the latent dK/dV cover L, the media dK/dV each chunk's [cu[b], cu[b + 1]), and
+    # the chunks cover the media rows (cu_media from 0 to total_media)
+    dq, dkm, dvm, dkl, dvl = (_utils.unwritten(t.shape, t.dtype, q.device)
+                              for t in (q, k_media, v_media, k_latent, v_latent))
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta = (do.float() * o.float()).sum(-1).contiguous()  # (N, H, L)

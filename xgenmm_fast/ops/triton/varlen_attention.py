@@ -32,6 +32,7 @@ from torch.library import triton_op, wrap_triton
 from ..attention import decode_attention_reference, varlen_attention_reference
 from ._flash import (BACKWARD_TILES, backward_delta, dkdv_step, dot_t, dq_step, head_split, load_head,
                      online_softmax_step, store_head, zeros_head)
+from . import _utils
 from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
 LOG2E = 1.4426950408889634
@@ -395,12 +396,14 @@ def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
                     scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     total, Hq, D = q.shape
     Hkv = k.shape[1]
-    dq = torch.zeros((total, Hq, D), dtype=q.dtype, device=q.device)
-    dk = torch.zeros((total, Hkv, D), dtype=k.dtype, device=k.device)
-    dv = torch.zeros((total, Hkv, D), dtype=v.dtype, device=v.device)
     n_seq = cu_seqlens.shape[0] - 1
     if total == 0 or n_seq <= 0 or max_seqlen <= 0:
-        return dq, dk, dv
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    # every row of every sequence is written (the dK/dV and dQ grids cover max_seqlen), and the sequences
+    # cover [0, total): cu_seqlens runs from 0 to total (the forward leaves no row unwritten either)
+    dq = _utils.unwritten((total, Hq, D), q.dtype, q.device)
+    dk = _utils.unwritten((total, Hkv, D), k.dtype, k.device)
+    dv = _utils.unwritten((total, Hkv, D), v.dtype, v.device)
     do = lastdim_contig(do)
     # (Hq, total): o and do seen as (head, token, D), delta written in the lse layout
     delta = backward_delta(o.transpose(0, 1), do.transpose(0, 1),
