@@ -30,9 +30,12 @@ import xgenmm_fast.ops.triton.rms_norm as rn  # noqa: E402
 # warps) has 72 registers, one program per SM and one row's loads in flight per SM; the candidates raise the
 # rows in flight per SM (prefetch, several rows per step, more CTAs at 8 warps). Programs per SM beyond what
 # fits run in waves; 1 is the no-wave case. Grouped by (rows per step, prefetch), 6 candidates each.
-CANDIDATES = [dict(rows_per_step=r, prefetch=f, programs_per_sm=p, num_warps=w)
-              for (r, f), w, p in itertools.product(((1, True), (1, False), (2, False), (4, False)), (8, 16, 32),
-                                                    (1, 4))]
+# First (the sweep is budget-limited) the register-capped ones: two programs per SM by the static check.
+CANDIDATES = [dict(rows_per_step=r, prefetch=f, programs_per_sm=2, num_warps=w, max_registers=m)
+              for r, f, w, m in ((1, False, 16, 64), (1, True, 16, 64), (1, True, 8, 128), (2, False, 16, 64))]
+CANDIDATES += [dict(rows_per_step=r, prefetch=f, programs_per_sm=p, num_warps=w, max_registers=None)
+               for (r, f), w, p in itertools.product(((1, True), (1, False), (2, False), (4, False)), (8, 16, 32),
+                                                     (1, 4))]
 
 
 def parse_args(argv=None):
@@ -82,7 +85,8 @@ def main(argv=None) -> int:
                                      "dtype": str(dtype).replace("torch.", ""), "copy_gbps": copy_gbps,
                                      "seconds": round(time.time() - t_start, 1), "rows": rows})
 
-    for cand in [default] + (CANDIDATES[::6] if args.smoke else CANDIDATES):  # (smoke: one of each group)
+    smoke = CANDIDATES[:1] + CANDIDATES[4::6]  # one capped, then one of each (rows per step, prefetch) group
+    for cand in [default] + (smoke if args.smoke else CANDIDATES):
         if time.time() - t_start > args.budget_s:
             break
         row = {"options": cand, "default": cand == default}
@@ -104,12 +108,12 @@ def main(argv=None) -> int:
         save()
         print(json.dumps(row), flush=True)
     save()
-    print(f"{'rows/step':>9s} {'prefetch':>8s} {'prog/SM':>7s} {'warps':>5s} {'ms':>8s} {'GB/s':>8s} {'%copy':>6s} "
-          "max|diff|")
+    print(f"{'rows/step':>9s} {'prefetch':>8s} {'prog/SM':>7s} {'warps':>5s} {'maxreg':>6s} {'ms':>8s} {'GB/s':>8s} "
+          f"{'%copy':>6s} max|diff|")
     for r in sorted(rows, key=lambda r: r.get("ms", 1e9)):
         o = r["options"]
         print(f"{o['rows_per_step']:9d} {str(o.get('prefetch', False)):>8s} {o['programs_per_sm']:7d} "
-              f"{str(o['num_warps']):>5s} "
+              f"{str(o['num_warps']):>5s} {str(o.get('max_registers')):>6s} "
               f"{r.get('ms', float('nan')):8.3f} {r.get('gbps', float('nan')):8.1f} "
               f"{100 * r.get('frac_copy', float('nan')):6.1f} {r.get('max_abs_diff', '')} {r.get('error', '')}")
     return 0

@@ -23,7 +23,8 @@ def test_smoke_rows_and_restored_options(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["script"] == "sweep_rms_norm" and doc["device"] and doc["shape"] == [37, 200]
     rows = doc["rows"]
-    assert rows[0]["default"] and len(rows) == 5
+    assert rows[0]["default"] and len(rows) == 6
+    assert rows[1]["options"]["max_registers"] == 64
     assert {(r["options"]["rows_per_step"], r["options"].get("prefetch", False)) for r in rows} == {
         (1, False), (1, True), (2, False), (4, False)}
     for r in rows:

@@ -99,15 +99,18 @@ def test_rms_norm_backward_strided_inputs_and_fp32_weight(seed):
     check("rms_norm dweight", [dw], [w64.grad], TOL[torch.float16])
 
 
-@pytest.mark.parametrize("rows_per_step,prefetch", [(2, False), (4, False), (1, True)])
+@pytest.mark.parametrize("rows_per_step,prefetch,max_registers", [(2, False, None), (4, False, None), (1, True, None),
+                                                                  (1, False, 64), (1, True, 64)])
 @pytest.mark.parametrize("shape", [(37, 200), (1, 200), (300, 40), (3, 100, 72)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rms_norm_backward_rows_per_step(shape, rows_per_step, prefetch, dtype, monkeypatch, seed):
-    """The backward's several-rows-per-step and prefetching variants (BWD_TUNING, for the GPU sweep): the
-    same gradients; row ranges per program that are not multiples of the step, a single row."""
+def test_rms_norm_backward_rows_per_step(shape, rows_per_step, prefetch, max_registers, dtype, monkeypatch, seed):
+    """The backward's several-rows-per-step, prefetching and register-capped variants (BWD_TUNING, for the GPU
+    sweep; the cap only matters compiled, on a GPU): the same gradients; row ranges per program that are not
+    multiples of the step, a single row."""
     from xgenmm_fast.ops.triton import rms_norm as mod
     monkeypatch.setitem(mod.BWD_TUNING, "rows_per_step", rows_per_step)
     monkeypatch.setitem(mod.BWD_TUNING, "prefetch", prefetch)
+    monkeypatch.setitem(mod.BWD_TUNING, "max_registers", max_registers)
     x = torch.randn(shape).to(DEVICE, dtype) * 2
     w = (1 + 0.1 * torch.randn(shape[-1])).to(DEVICE, dtype)
     dy = torch.randn(shape).to(DEVICE, dtype)

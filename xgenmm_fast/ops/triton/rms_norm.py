@@ -121,9 +121,11 @@ def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, stride_dy, stride_x, strid
 
 # Launch options of the backward, a table so that a GPU sweep can vary them (benchmarks/sweep_rms_norm.py):
 # rows per step (BLOCK_R), programs per SM, warps (None: one per 256 columns, at most 16), prefetch (one row
-# per step only: the next row's loads issued before this row's work; unmeasured). The defaults are the kernel
-# measured on an H200 (0.61 ms fwd+bwd at 16384 x 3072 bf16).
-BWD_TUNING = dict(rows_per_step=1, programs_per_sm=4, num_warps=None, prefetch=False)
+# per step only: the next row's loads issued before this row's work; unmeasured), max_registers (Triton's
+# maxnreg; None: the compiler's choice. 64 at 16 warps fits two programs per SM instead of one, for 8 bytes
+# of spills at sm_90 by the static check; unmeasured). The defaults are the kernel measured on an H200
+# (0.61 ms fwd+bwd at 16384 x 3072 bf16).
+BWD_TUNING = dict(rows_per_step=1, programs_per_sm=4, num_warps=None, prefetch=False, max_registers=None)
 
 
 def _num_warps(block_n: int) -> int:
@@ -172,11 +174,13 @@ def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     dw_part = torch.empty((n_prog, N), dtype=torch.float32, device=x.device)
     block = next_pow2(N)
     warps = BWD_TUNING["num_warps"] or _num_warps(block)
+    max_registers = BWD_TUNING.get("max_registers")
+    extra = {"maxnreg": int(max_registers)} if max_registers and not interpreting() else {}
     wrap_triton(_rms_norm_bwd_kernel)[(n_prog,)](dy2, x2, weight.contiguous(), rstd, dx, dw_part, dy2.stride(0),
                                                  x2.stride(0), dx.stride(0), rows, N, rows_per_program,
                                                  BLOCK_R=BWD_TUNING["rows_per_step"], BLOCK_N=block,
                                                  PREFETCH=prefetch,
-                                                 num_warps=1 if interpreting() else warps)
+                                                 num_warps=1 if interpreting() else warps, **extra)
     return dx.view(x.shape), dw_part.sum(0).to(weight.dtype)
 
 
