@@ -5,7 +5,9 @@ Both are registered for `varlen_attention` (flash-attn also for `decode_attentio
 per-sequence SDPA fallback but behind our Triton kernels (registered later, preferred on CUDA): the
 default order on a GPU is triton, flash_attn, torch_varlen, sdpa, reference. Force one with
 `XGENMM_OPS=varlen_attention=flash_attn` (or `torch_varlen`) or `ops.set_backend`. Each is available only when its import works and CUDA is
-present; on inputs it cannot take (CPU tensors, fp32) it falls back to the reference implementation.
+present; on inputs it cannot take (CPU tensors, fp32) it falls back to the reference implementation, and
+torch's varlen_attn without a window argument (torch 2.11) hands calls whose window matters (a sequence
+longer than it) to our Triton kernel.
 
 Window convention: our ops follow HF (a key j is visible to query i iff i - j < sliding_window);
 flash-style (left, right) windows admit j in [i - left, i + right], so sliding_window W is (W - 1, 0).
@@ -123,9 +125,7 @@ def varlen_attention_torch_varlen(q, k, v, cu_seqlens: torch.Tensor, *, causal: 
     else:  # an older varlen_attn (torch 2.11): no window; causal through is_causal, if at all
         window_matters = sliding_window is not None and sliding_window < m
         if window_matters or (causal and not _accepts(fn, "is_causal")):
-            from .attention import varlen_attention_sdpa
-            return varlen_attention_sdpa(q, k, v, cu_seqlens, causal=causal, sliding_window=sliding_window,
-                                         scale=scale)
+            return _without_library(q, k, v, cu_seqlens, causal, sliding_window, scale, m)
         if _accepts(fn, "is_causal"):
             kwargs["is_causal"] = causal
     if q.shape[1] != k.shape[1]:
@@ -135,6 +135,17 @@ def varlen_attention_torch_varlen(q, k, v, cu_seqlens: torch.Tensor, *, causal: 
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     return fn(q, k, v, cu, cu, m, m, scale=scale, **kwargs)
+
+
+def _without_library(q, k, v, cu_seqlens, causal, sliding_window, scale, max_seqlen):
+    """A call the library cannot take (torch 2.11's varlen_attn and a window shorter than the longest
+    sequence): our Triton kernel on CUDA when it is registered, else SDPA once per sequence (slow)."""
+    from . import dispatch
+    from .attention import varlen_attention_sdpa
+    if q.is_cuda and "triton" in dispatch.available_backends("varlen_attention"):
+        return dispatch.backend_for("varlen_attention", "triton")(
+            q, k, v, cu_seqlens, causal=causal, sliding_window=sliding_window, scale=scale, max_seqlen=max_seqlen)
+    return varlen_attention_sdpa(q, k, v, cu_seqlens, causal=causal, sliding_window=sliding_window, scale=scale)
 
 
 def register() -> None:
