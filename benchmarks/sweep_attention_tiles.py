@@ -1,5 +1,6 @@
 """Tile sweep for the varlen attention kernels on a GPU: which (BLOCK_M, BLOCK_N, warps, stages) is fastest
-per kernel, what the heavy-first block order buys, and whether the two-part head dim (SPLIT_HEAD_DIM) pays.
+per kernel, what the heavy-first block order buys, and whether the two-part head dim (SPLIT_HEAD_DIM) and the
+keys-major dK/dV scores (DKDV_KEYS_MAJOR) pay.
 Exploration for choosing `_cfg` in xgenmm_fast/ops/triton/varlen_attention.py; bench_kernels.py measures the
 chosen tiles against baselines.
 
@@ -96,15 +97,16 @@ def main(argv=None) -> int:
     H, D = (2, 24) if args.smoke else (args.heads, args.head_dim)
     dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
     long_lens, eq_lens = ([40, 24], [32, 17]) if args.smoke else ([4096] * 4, [2048] * 8)
-    default_cfg, default_split = va._cfg, va.SPLIT_HEAD_DIM
+    default_cfg, default_split, default_keys_major = va._cfg, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR
     default_perceiver_cfg, default_perceiver_split = pa._cfg, pa.SPLIT_HEAD_DIM
     rows = []
 
     def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False,
-                family: str = "lm"):
+                family: str = "lm", keys_major: bool = False):
         if time.time() - t_start > args.budget_s:
             return
-        row = {"kernel": kernel, "tiles": tiles or "default", "heavy_first": heavy_first, "split_head_dim": split}
+        row = {"kernel": kernel, "tiles": tiles or "default", "heavy_first": heavy_first, "split_head_dim": split,
+               "dkdv_keys_major": keys_major}
         if family != "lm":
             row = {"family": family, **row}
 
@@ -117,6 +119,7 @@ def main(argv=None) -> int:
             return cfg
         if family == "lm":
             va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = patched(default_cfg), heavy_first, split
+            va.DKDV_KEYS_MAJOR = keys_major
         else:  # perceiver_varlen imported perceiver_attention's _cfg by name: patch both
             pa._cfg = pv._cfg = patched(default_perceiver_cfg)
             pa.SPLIT_HEAD_DIM = split
@@ -131,6 +134,7 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
         finally:
             va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = default_cfg, True, default_split
+            va.DKDV_KEYS_MAJOR = default_keys_major
             pa._cfg = pv._cfg = default_perceiver_cfg
             pa.SPLIT_HEAD_DIM = default_perceiver_split
         rows.append(row)
@@ -179,6 +183,8 @@ def main(argv=None) -> int:
     measure("fwd", None, fwd, flops4, split=True)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True)
+    measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, keys_major=True)  # dK/dV scores as K·Qᵀ (DKDV_KEYS_MAJOR)
+    measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True, keys_major=True)
     measure("fwd", None, fwd, flops4, heavy_first=False)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, heavy_first=False)
     measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver")
@@ -193,10 +199,11 @@ def main(argv=None) -> int:
                 measure(kernel, tiles, fn, fl, split=split)
 
     save()
-    print(f"{'kernel':7s} {'tiles':44s} {'heavy':>5s} {'split':>5s} {'ms':>8s} {'TFLOP/s':>8s} max|diff|")
+    print(f"{'kernel':7s} {'tiles':44s} {'heavy':>5s} {'split':>5s} {'k-maj':>5s} {'ms':>8s} {'TFLOP/s':>8s} max|diff|")
     for r in sorted(rows, key=lambda r: (r["kernel"], r.get("ms", 1e9))):
         t = "default" if r["tiles"] == "default" else " ".join(f"{k}={v}" for k, v in r["tiles"].items())
         print(f"{r['kernel']:7s} {t:44s} {str(r['heavy_first']):>5s} {str(r['split_head_dim']):>5s} "
+              f"{str(r.get('dkdv_keys_major', False)):>5s} "
               f"{r.get('ms', float('nan')):8.3f} "
               f"{r.get('tflops', float('nan')):8.1f} {r.get('max_abs_diff', '')} {r.get('error', '')}")
     return 0

@@ -144,6 +144,19 @@ def _workloads():
         finally:
             va.SPLIT_HEAD_DIM = before
 
+    def varlen_attention_keys_major():  # the dK/dV kernel's scores as K·Qᵀ (DKDV_KEYS_MAJOR, off by default)
+        from xgenmm_fast.ops.triton import varlen_attention as va
+        before = va.DKDV_KEYS_MAJOR, va.SPLIT_HEAD_DIM
+        try:
+            cu = torch.tensor([0, 70, 75], dtype=torch.int32)
+            for split in (False, True):
+                va.DKDV_KEYS_MAJOR, va.SPLIT_HEAD_DIM = True, split
+                for window in (33, None):
+                    fwd_bwd(varlen_attention_triton(leaf(75, 2, 96), leaf(75, 2, 96), leaf(75, 2, 96), cu,
+                                                    sliding_window=window))
+        finally:
+            va.DKDV_KEYS_MAJOR, va.SPLIT_HEAD_DIM = before
+
     def perceiver():
         n, hh, lat, m, d = 2, 2, 16, 40, 96
         mask = torch.ones(n, m, dtype=torch.long)
@@ -169,7 +182,8 @@ def _workloads():
 
     return [("rms_norm", rms), ("swiglu", swiglu), ("rope", rope), ("fused_linear_ce", linear_ce),
             ("varlen_attention", varlen_attention),
-            ("varlen_attention_split_head_dim", varlen_attention_split_head_dim), ("perceiver", perceiver),
+            ("varlen_attention_split_head_dim", varlen_attention_split_head_dim),
+            ("varlen_attention_keys_major", varlen_attention_keys_major), ("perceiver", perceiver),
             ("perceiver_split_head_dim", perceiver_split_head_dim), ("vision_merge", vision_merge)]
 
 
@@ -280,6 +294,16 @@ def compile_launch(launch: dict) -> dict:
     return usage
 
 
+def _constexpr_text(constexprs: dict, options: dict) -> str:
+    """Tiles as M=64,N=64,..., the switches that are on by name (causal, window, keys_major, ...), maxnreg."""
+    parts = [f"{k.replace('BLOCK_', '')}={v}" for k, v in constexprs.items() if k.startswith("BLOCK")]
+    parts += [k.lower().replace("has_", "") for k, v in constexprs.items() if v is True and k in (
+        "CAUSAL", "HAS_WINDOW", "VARLEN", "HAS_MASK", "BACKWARD", "WRITE_GRAD", "KEYS_MAJOR", "PREFETCH")]
+    if options.get("maxnreg"):
+        parts.append(f"maxnreg={options['maxnreg']}")
+    return ",".join(parts)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", default=None, help="write the launches and their resource usage here")
@@ -321,17 +345,15 @@ def main(argv=None) -> int:
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         failed += "error" in row
         rows.append(row)
-    print(f"{'kernel':34s} {'tiles / constexprs':46s} {'warps':>5s} {'stg':>3s} {'regs':>4s} {'spill B':>7s} "
+    print(f"{'kernel':34s} {'tiles / constexprs':50s} {'warps':>5s} {'stg':>3s} {'regs':>4s} {'spill B':>7s} "
           f"{'smem KB':>7s} {'CTA/SM':>6s}")
     for r in rows:
-        cx = ",".join(f"{k}={v}" for k, v in r["constexprs"].items() if k.startswith("BLOCK") or
-                      k in ("CAUSAL", "HAS_WINDOW", "VARLEN", "HAS_MASK", "BACKWARD", "WRITE_GRAD"))
-        cx = cx.replace("BLOCK_", "")
+        cx = _constexpr_text(r["constexprs"], r["options"])
         o = r["options"]
         if "error" in r:
-            print(f"{r['kernel']:34s} {cx[:46]:46s} ERROR {r['error']}")
+            print(f"{r['kernel']:34s} {cx[:50]:50s} ERROR {r['error']}")
             continue
-        print(f"{r['kernel']:34s} {cx[:46]:46s} {o.get('num_warps', '-')!s:>5s} {o.get('num_stages', '-')!s:>3s} "
+        print(f"{r['kernel']:34s} {cx[:50]:50s} {o.get('num_warps', '-')!s:>5s} {o.get('num_stages', '-')!s:>3s} "
               f"{r['registers']!s:>4s} {r['stack_bytes']!s:>7s} {(r['shared_bytes'] or 0) / 1024:7.1f} "
               f"{r['ctas_per_sm']!s:>6s}"
               + ("  (spills accepted: ACCEPTED_SPILLS)" if "accepted_spills" in r else ""))

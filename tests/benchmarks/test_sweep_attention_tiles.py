@@ -18,16 +18,19 @@ def test_smoke_rows_and_restored_module(tmp_path):
     import xgenmm_fast.ops.triton.perceiver_attention as pa
     import xgenmm_fast.ops.triton.perceiver_varlen as pv
     import xgenmm_fast.ops.triton.varlen_attention as va
-    before = (va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM, pa._cfg, pv._cfg, pa.SPLIT_HEAD_DIM)
+    before = (va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR, pa._cfg, pv._cfg, pa.SPLIT_HEAD_DIM)
     out = tmp_path / "sweep.json"
     assert sweep.main(["--smoke", "--out", str(out)]) == 0
-    assert (va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM, pa._cfg, pv._cfg, pa.SPLIT_HEAD_DIM) == before
+    assert (va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR, pa._cfg, pv._cfg,
+            pa.SPLIT_HEAD_DIM) == before
     doc = json.loads(out.read_text())
     assert doc["script"] == "sweep_attention_tiles" and doc["device"] and doc["date"]
     rows = doc["rows"]
     assert {r["kernel"] for r in rows} == {"fwd", "fwd_bwd", "dkdv", "dq"}
     assert {r["heavy_first"] for r in rows if r["tiles"] == "default"} == {True, False}
     assert {r["split_head_dim"] for r in rows if r["kernel"] in ("dkdv", "dq")} == {True, False}
+    assert {(r["split_head_dim"], r["dkdv_keys_major"]) for r in rows if r["kernel"] == "fwd_bwd"
+            and r.get("family") is None} == {(False, False), (True, False), (False, True), (True, True)}
     assert {r["kernel"] for r in rows if r.get("family") == "perceiver"} == {"fwd_bwd", "dkdv", "dq", "fwd"}
     assert {r["split_head_dim"] for r in rows if r.get("family") == "perceiver"} == {True, False}
     for r in rows:

@@ -107,6 +107,30 @@ def test_varlen_attention_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, 
     _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
 
 
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_varlen_attention_dkdv_keys_major(lens, Hq, Hkv, D, window, causal, dtype, monkeypatch, seed):
+    """The dK/dV kernel with its scores as K·Qᵀ (DKDV_KEYS_MAJOR): the same gradients, every case."""
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    monkeypatch.setattr(mod, "DKDV_KEYS_MAJOR", True)
+    _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, dtype)
+
+
+@pytest.mark.parametrize("blocks,split", [((16, 16), False), ((32, 16), False), ((16, 32), False),
+                                          ((32, 16), True)])
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", LONG_CASES)
+def test_varlen_attention_dkdv_keys_major_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, split, monkeypatch,
+                                                      seed):
+    """DKDV_KEYS_MAJOR over the masked / unmasked tile ranges and unequal tiles (fp32, interpreter tiles)."""
+    if DEVICE == "cuda":
+        pytest.skip("interpreter tile sizes only (the GPU's are fixed); the CASES above run on the GPU")
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    monkeypatch.setattr(mod, "INTERPRET_BLOCKS", blocks)
+    monkeypatch.setattr(mod, "SPLIT_HEAD_DIM", split)
+    monkeypatch.setattr(mod, "DKDV_KEYS_MAJOR", True)
+    _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
+
+
 @pytest.mark.parametrize("heavy_first", [True, False])
 @pytest.mark.parametrize("window", [None, 23])
 def test_varlen_attention_block_order(heavy_first, window, monkeypatch, seed):

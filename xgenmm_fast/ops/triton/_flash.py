@@ -120,6 +120,23 @@ def dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_
 
 
 @triton.jit
+def dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB: tl.constexpr,
+                         PRECISION: tl.constexpr):
+    """dkdv_step with the tile as (keys, queries): pt = Pᵀ as the scores K·Qᵀ gave it, so that dV += Pᵀ·dO and
+    dK += dSᵀ·Q take the tile as it is (no transpose of P or dS through shared memory); dPᵀ = V·dOᵀ."""
+    ptc = pt.to(doa.dtype)
+    dv_a += tl.dot(ptc, doa, input_precision=PRECISION)
+    if BLOCK_DB > 0:
+        dv_b += tl.dot(ptc, dob, input_precision=PRECISION)
+    dpt = dot_t(va, vb, doa, dob, BLOCK_DB, PRECISION)
+    dst = (pt * (dpt - delta[None, :])).to(qa.dtype)
+    dk_a += tl.dot(dst, qa, input_precision=PRECISION)
+    if BLOCK_DB > 0:
+        dk_b += tl.dot(dst, qb, input_precision=PRECISION)
+    return dk_a, dk_b, dv_a, dv_b
+
+
+@triton.jit
 def _row_dot_kernel(A, B, OUT, n_rows, D, sa_b, sa_r, sb_b, sb_r, so_b, so_r,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """OUT[b, r] = Σ_d A[b, r, d] · B[b, r, d] in fp32; program (row block, b). Last dim contiguous."""

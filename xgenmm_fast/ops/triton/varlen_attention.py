@@ -15,8 +15,8 @@ to the next power of two inside the tile with masked loads/stores, or, with SPLI
 two column parts (96 = 64 + 32: no matmul work on padding; `_flash.head_split`). Backward (FA2 style,
 recomputation from the saved lse):
 delta = rowsum(dO · O) (one pass, `_flash.backward_delta`); a dK/dV kernel per (key block, sequence, kv head) that loops over the q heads of
-its GQA group and the visible query blocks (no atomics), and a dQ kernel per (query block, sequence,
-q head).
+its GQA group and the visible query blocks (no atomics; with DKDV_KEYS_MAJOR its scores are K·Qᵀ, so that
+P and dS need no transpose), and a dQ kernel per (query block, sequence, q head).
 
 Decode (`decode_attention`): the same forward kernel in its padded mode — q (B, Hq, Tq, D) against a
 cache (B, Hkv, Tmax, D) of `cache_seqlens[b]` valid keys, query i at position cache_seqlens[b] − Tq + i.
@@ -30,8 +30,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
-from ._flash import (BACKWARD_TILES, backward_delta, dkdv_step, dot_t, dq_step, head_split, load_head,
-                     online_softmax_step, store_head, zeros_head)
+from ._flash import (BACKWARD_TILES, backward_delta, dkdv_step, dkdv_step_keys_major, dot_t, dq_step, head_split,
+                     load_head, online_softmax_step, store_head, zeros_head)
 from . import _utils
 from ._utils import interpreting, lastdim_contig, next_pow2, usable
 
@@ -47,6 +47,17 @@ def _visible(q_pos, k_pos, k_len, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.c
         visible = visible & (k_pos[None, :] <= q_pos[:, None])
     if HAS_WINDOW:
         visible = visible & (q_pos[:, None] - k_pos[None, :] < window)
+    return visible
+
+
+@triton.jit
+def _visible_keys_major(k_pos, q_pos, k_len, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """`_visible` as a (keys, queries) mask."""
+    visible = k_pos[:, None] < k_len
+    if CAUSAL:
+        visible = visible & (k_pos[:, None] <= q_pos[None, :])
+    if HAS_WINDOW:
+        visible = visible & (q_pos[None, :] - k_pos[:, None] < window)
     return visible
 
 
@@ -167,10 +178,12 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
 def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, tile_lo, tile_hi,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                KEYS_MAJOR: tl.constexpr = False):
     """dK/dV of one key block from the query tiles starting in [tile_lo, tile_hi) of q head h. Rows past
     the sequence load lse = +inf, hence p = 0, and keys past it are never stored: the unmasked tiles
-    (every row sees every key of the block) need neither bound."""
+    (every row sees every key of the block) need neither bound. KEYS_MAJOR: the scores as K·Qᵀ, (keys,
+    queries), the orientation dV and dK consume (`_flash.dkdv_step_keys_major`)."""
     for start_m in range(tile_lo, tile_hi, BLOCK_M):
         rows = start_m + offs_m
         mmask = rows[:, None] < seqlen
@@ -179,12 +192,20 @@ def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, st
         doa, dob = load_head(DO + h * stride_doh, rows_t, stride_dot, mmask, D, BLOCK_DA, BLOCK_DB)
         lse = tl.load(LSE + h * stride_lse_h + start + rows, mask=rows < seqlen, other=float("inf"))
         delta = tl.load(DELTA + h * stride_lse_h + start + rows, mask=rows < seqlen, other=0.0)
-        qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
-        p = tl.exp2(qk - lse[:, None])
-        if MASKED:
-            p = tl.where(_visible(rows, offs_n, seqlen, window, CAUSAL, HAS_WINDOW), p, 0.0)
-        dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB,
-                                           PRECISION)
+        if KEYS_MAJOR:
+            kq = dot_t(ka, kb, qa, qb, BLOCK_DB, PRECISION) * qk_scale
+            pt = tl.exp2(kq - lse[None, :])
+            if MASKED:
+                pt = tl.where(_visible_keys_major(offs_n, rows, seqlen, window, CAUSAL, HAS_WINDOW), pt, 0.0)
+            dk_a, dk_b, dv_a, dv_b = dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a,
+                                                          dv_b, BLOCK_DB, PRECISION)
+        else:
+            qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
+            p = tl.exp2(qk - lse[:, None])
+            if MASKED:
+                p = tl.where(_visible(rows, offs_n, seqlen, window, CAUSAL, HAS_WINDOW), p, 0.0)
+            dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b,
+                                               BLOCK_DB, PRECISION)
     return dk_a, dk_b, dv_a, dv_b
 
 
@@ -195,7 +216,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
                           qk_scale, sm_scale, window, GROUP, D,
                           CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
-                          BLOCK_DB: tl.constexpr):
+                          BLOCK_DB: tl.constexpr, KEYS_MAJOR: tl.constexpr = False):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -234,15 +255,15 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
             dk_a, dk_b, dv_a, dv_b = _dkdv_tiles(
                 dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, lo, mid_lo,
-                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB)
+                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
             dk_a, dk_b, dv_a, dv_b = _dkdv_tiles(
                 dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, mid_lo, mid_hi,
-                False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB)
+                False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
             dk_a, dk_b, dv_a, dv_b = _dkdv_tiles(
                 dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, mid_hi, hi,
-                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB)
+                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
         store_head(DK + hk * stride_dkh, rows_n, stride_dkt, nmask, D, dk_a * sm_scale, dk_b * sm_scale,
                     BLOCK_DA, BLOCK_DB)
         store_head(DV + hk * stride_dvh, rows_n, stride_dvt, nmask, D, dv_a, dv_b, BLOCK_DA, BLOCK_DB)
@@ -331,6 +352,10 @@ HEAVY_FIRST = True
 # head dims that are not a power of two as two tile parts instead of one padded one (_flash.head_split). Off
 # until a GPU benchmark says it pays (benchmarks/sweep_attention_tiles.py measures both); tested both ways.
 SPLIT_HEAD_DIM = False
+# the dK/dV kernel's scores as K·Qᵀ (keys, queries): P and dS come out in the orientation dV += Pᵀ·dO and
+# dK += dSᵀ·Q take, where the default transposes both per tile (through shared memory). Off until a GPU
+# benchmark says it pays (benchmarks/sweep_attention_tiles.py); tested both ways.
+DKDV_KEYS_MAJOR = False
 
 
 def _cfg(D: int, kernel: str) -> dict:
@@ -414,7 +439,7 @@ def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
         q, k, v, do, lse, delta, dk, dv, cu_seqlens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
-        scale * LOG2E, scale, window, Hq // Hkv, D, **common, **c)
+        scale * LOG2E, scale, window, Hq // Hkv, D, KEYS_MAJOR=DKDV_KEYS_MAJOR, **common, **c)
     c = _cfg(D, "dq")
     wrap_triton(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen, c["BLOCK_M"]), n_seq, Hq)](
         q, k, v, do, lse, delta, dq, cu_seqlens,
