@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     long_lens, eq_lens = ([40, 24], [32, 17]) if args.smoke else ([4096] * 4, [2048] * 8)
     default_cfg, default_split, default_keys_major = va._cfg, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR
     default_perceiver_cfg, default_perceiver_split = pa._cfg, pa.SPLIT_HEAD_DIM
+    default_perceiver_keys_major = pa.DKDV_KEYS_MAJOR
     rows = []
 
     def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False,
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
             va.DKDV_KEYS_MAJOR = keys_major
         else:  # perceiver_varlen imported perceiver_attention's _cfg by name: patch both
             pa._cfg = pv._cfg = patched(default_perceiver_cfg)
-            pa.SPLIT_HEAD_DIM = split
+            pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR = split, keys_major
         try:
             ms = timer_ms(fn)
             row["max_abs_diff"] = round_sig(max((a.float() - b.float()).abs().max().item()
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
             va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = default_cfg, True, default_split
             va.DKDV_KEYS_MAJOR = default_keys_major
             pa._cfg = pv._cfg = default_perceiver_cfg
-            pa.SPLIT_HEAD_DIM = default_perceiver_split
+            pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR = default_perceiver_split, default_perceiver_keys_major
         rows.append(row)
         save()
         print(json.dumps(row), flush=True)
@@ -189,6 +190,8 @@ def main(argv=None) -> int:
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, heavy_first=False)
     measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver")
     measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver", split=True)
+    measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver", keys_major=True)
+    measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver", split=True, keys_major=True)
     for kernel, cands in (("dkdv", PERCEIVER_DKDV), ("dq", PERCEIVER_DQ), ("fwd", PERCEIVER_FWD)):
         for tiles in cands[:1] if args.smoke else cands:
             measure(kernel, tiles, perceiver_fwd_bwd, pflops, family="perceiver")

@@ -175,6 +175,16 @@ def _workloads():
         finally:
             pa.SPLIT_HEAD_DIM = before
 
+    def perceiver_keys_major():  # the dK/dV scores as K·Qᵀ (perceiver DKDV_KEYS_MAJOR, off by default)
+        from xgenmm_fast.ops.triton import perceiver_attention as pa
+        before = pa.DKDV_KEYS_MAJOR, pa.SPLIT_HEAD_DIM
+        try:
+            for split in (False, True):
+                pa.DKDV_KEYS_MAJOR, pa.SPLIT_HEAD_DIM = True, split
+                perceiver()
+        finally:
+            pa.DKDV_KEYS_MAJOR, pa.SPLIT_HEAD_DIM = before
+
     def vision_merge():
         ids = torch.tensor([1, 5, 1002, 3, 5, 1001])
         W, A, T = leaf(1000, 3072), leaf(3, 3072), leaf(4, 3072)
@@ -184,7 +194,8 @@ def _workloads():
             ("varlen_attention", varlen_attention),
             ("varlen_attention_split_head_dim", varlen_attention_split_head_dim),
             ("varlen_attention_keys_major", varlen_attention_keys_major), ("perceiver", perceiver),
-            ("perceiver_split_head_dim", perceiver_split_head_dim), ("vision_merge", vision_merge)]
+            ("perceiver_split_head_dim", perceiver_split_head_dim), ("perceiver_keys_major", perceiver_keys_major),
+            ("vision_merge", vision_merge)]
 
 
 def _type_of(value) -> str:

@@ -18,11 +18,13 @@ def test_smoke_rows_and_restored_module(tmp_path):
     import xgenmm_fast.ops.triton.perceiver_attention as pa
     import xgenmm_fast.ops.triton.perceiver_varlen as pv
     import xgenmm_fast.ops.triton.varlen_attention as va
-    before = (va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR, pa._cfg, pv._cfg, pa.SPLIT_HEAD_DIM)
+    def state():
+        return (va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR, pa._cfg, pv._cfg, pa.SPLIT_HEAD_DIM,
+                pa.DKDV_KEYS_MAJOR)
+    before = state()
     out = tmp_path / "sweep.json"
     assert sweep.main(["--smoke", "--out", str(out)]) == 0
-    assert (va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR, pa._cfg, pv._cfg,
-            pa.SPLIT_HEAD_DIM) == before
+    assert state() == before
     doc = json.loads(out.read_text())
     assert doc["script"] == "sweep_attention_tiles" and doc["device"] and doc["date"]
     rows = doc["rows"]
@@ -33,6 +35,7 @@ def test_smoke_rows_and_restored_module(tmp_path):
             and r.get("family") is None} == {(False, False), (True, False), (False, True), (True, True)}
     assert {r["kernel"] for r in rows if r.get("family") == "perceiver"} == {"fwd_bwd", "dkdv", "dq", "fwd"}
     assert {r["split_head_dim"] for r in rows if r.get("family") == "perceiver"} == {True, False}
+    assert {r["dkdv_keys_major"] for r in rows if r.get("family") == "perceiver"} == {True, False}
     for r in rows:
         assert "error" not in r, r
         assert r["ms"] > 0 and r["max_abs_diff"] < 1e-4, r  # fp32: candidates agree with the default tiles

@@ -38,14 +38,18 @@ def _mask(kind, N, M):
 
 # each case with the padded head dim, and those whose head dim is not a power of two also split in two
 # tile parts (SPLIT_HEAD_DIM: 24 = 16 + 16, 96 = 64 + 32)
-SPLIT_CASES = [(*c, False) for c in CASES] + [(*c, True) for c in CASES if c[4] & (c[4] - 1)]
+# (each also with the dK/dV scores as K·Qᵀ: DKDV_KEYS_MAJOR)
+SPLIT_CASES = [(*c, False, km) for c in CASES for km in (False, True)] + \
+    [(*c, True, km) for c in CASES if c[4] & (c[4] - 1) for km in (False, True)]
 
 
-@pytest.mark.parametrize("N,H,L,M,D,mask_kind,split", SPLIT_CASES)
+@pytest.mark.parametrize("N,H,L,M,D,mask_kind,split,keys_major", SPLIT_CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_perceiver_attention_matches_reference(N, H, L, M, D, mask_kind, split, dtype, monkeypatch, seed):
+def test_perceiver_attention_matches_reference(N, H, L, M, D, mask_kind, split, keys_major, dtype, monkeypatch,
+                                               seed):
     from xgenmm_fast.ops.triton import perceiver_attention as pa
     monkeypatch.setattr(pa, "SPLIT_HEAD_DIM", split)
+    monkeypatch.setattr(pa, "DKDV_KEYS_MAJOR", keys_major)
     assert (pa._cfg(D, "fwd")["BLOCK_DB"] > 0) == split
     # (N, T, H, D) -> (N, H, T, D) views, as the model's _heads() produces
     q, km, vm, kl, vl = (leaf(torch.randn(N, T, H, D), dtype).transpose(1, 2) for T in (L, M, M, L, L))

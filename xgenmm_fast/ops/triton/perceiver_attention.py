@@ -21,8 +21,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_reference
-from ._flash import (BACKWARD_TILES, dkdv_step, dot_t, dq_step, head_split, load_head, online_softmax_step,
-                     store_head, zeros_head)
+from ._flash import (BACKWARD_TILES, dkdv_step, dkdv_step_keys_major, dot_t, dq_step, head_split, load_head,
+                     online_softmax_step, store_head, zeros_head)
 from ._utils import interpreting, lastdim_contig, usable
 
 LOG2E = 1.4426950408889634
@@ -174,7 +174,8 @@ def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, MASKB, b, h, start_n, n_keys,
                 sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
                 sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, H, L, D, qk_scale, sm_scale,
                 HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                KEYS_MAJOR: tl.constexpr = False):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     nmask = offs_n[:, None] < n_keys
@@ -193,12 +194,20 @@ def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, MASKB, b, h, start_n, n_keys,
         doa, dob = load_head(DOB, rows[:, None], sdo_t, rows[:, None] < L, D, BLOCK_DA, BLOCK_DB)
         lse = tl.load(LSE + (b * H + h) * L + rows, mask=rows < L, other=float("inf"))
         delta = tl.load(DELTA + (b * H + h) * L + rows, mask=rows < L, other=0.0)
-        qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
-        p = tl.exp2(qk - lse[:, None])  # rows past L load lse = +inf: p = 0 there
-        if HAS_MASK:  # (keys past n_keys are never stored: only the token mask matters)
-            p = tl.where(visible[None, :], p, 0.0)
-        dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB,
-                                           PRECISION)
+        if KEYS_MAJOR:  # scores as K·Qᵀ (see varlen_attention.DKDV_KEYS_MAJOR)
+            kq = dot_t(ka, kb, qa, qb, BLOCK_DB, PRECISION) * qk_scale
+            pt = tl.exp2(kq - lse[None, :])
+            if HAS_MASK:
+                pt = tl.where(visible[:, None], pt, 0.0)
+            dk_a, dk_b, dv_a, dv_b = dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a,
+                                                          dv_b, BLOCK_DB, PRECISION)
+        else:
+            qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
+            p = tl.exp2(qk - lse[:, None])  # rows past L load lse = +inf: p = 0 there
+            if HAS_MASK:  # (keys past n_keys are never stored: only the token mask matters)
+                p = tl.where(visible[None, :], p, 0.0)
+            dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b,
+                                               BLOCK_DB, PRECISION)
     store_head(DK + b * sdk_b + h * sdk_h, offs_n[:, None], sdk_t, nmask, D, dk_a * sm_scale, dk_b * sm_scale,
                BLOCK_DA, BLOCK_DB)
     store_head(DV + b * sdv_b + h * sdv_h, offs_n[:, None], sdv_t, nmask, D, dv_a, dv_b, BLOCK_DA, BLOCK_DB)
@@ -213,7 +222,7 @@ def _perceiver_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, KL, VL, DKM, DVM, DKL,
                                H, L, M, D, n_media_blocks, qk_scale, sm_scale,
                                HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
-                               BLOCK_DB: tl.constexpr):
+                               BLOCK_DB: tl.constexpr, KEYS_MAJOR: tl.constexpr = False):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -224,12 +233,12 @@ def _perceiver_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, KL, VL, DKM, DVM, DKL,
         _dkdv_block(Q, DO, LSE, DELTA, KM, VM, DKM, DVM, MASK + b * smask_b, b, h, pid * BLOCK_N, M,
                     sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, skm_b, skm_h, skm_t, svm_b, svm_h, svm_t,
                     sdkm_b, sdkm_h, sdkm_t, sdvm_b, sdvm_h, sdvm_t, H, L, D, qk_scale, sm_scale,
-                    HAS_MASK, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
+                    HAS_MASK, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
     else:
         _dkdv_block(Q, DO, LSE, DELTA, KL, VL, DKL, DVL, MASK, b, h, (pid - n_media_blocks) * BLOCK_N, L,
                     sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, skl_b, skl_h, skl_t, svl_b, svl_h, svl_t,
                     sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, H, L, D, qk_scale, sm_scale,
-                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
+                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
 
 
 # (BLOCK_M, BLOCK_N) under the interpreter; tests also set unequal sizes (the GPU's backward tiles are)
@@ -237,6 +246,9 @@ INTERPRET_BLOCKS = (16, 16)
 # the head dim (96 at the released size) as two tile parts, 64 + 32, instead of one padded to 128
 # (_flash.head_split); off until a GPU benchmark says it pays (benchmarks/sweep_attention_tiles.py)
 SPLIT_HEAD_DIM = False
+# the dK/dV kernels' scores as K·Qᵀ (as varlen_attention.DKDV_KEYS_MAJOR; perceiver_varlen reads it here too);
+# off until a GPU benchmark says it pays
+DKDV_KEYS_MAJOR = False
 
 
 def _cfg(D: int, kernel: str) -> dict:
@@ -314,7 +326,7 @@ def perceiver_attn_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tensor,
         q, do, lse, delta, k_media, v_media, k_latent, v_latent, dkm, dvm, dkl, dvl, media_mask,
         *_s(q), *_s(do), *_s(k_media), *_s(v_media), *_s(k_latent), *_s(v_latent),
         *_s(dkm), *_s(dvm), *_s(dkl), *_s(dvl), media_mask.stride(0),
-        H, L, M, D, n_media_blocks, scale * LOG2E, scale, **common, **c)
+        H, L, M, D, n_media_blocks, scale * LOG2E, scale, KEYS_MAJOR=DKDV_KEYS_MAJOR, **common, **c)
     return dq, dkm, dvm, dkl, dvl
 
 

@@ -25,6 +25,7 @@ from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_varlen_reference
 from . import _utils
+from . import perceiver_attention as _pa
 from ._utils import lastdim_contig, usable
 from ._flash import store_head
 from .perceiver_attention import (LOG2E, _cfg, _dkdv_block, _dq_init, _dq_source, _fwd_finish, _fwd_init,
@@ -94,7 +95,7 @@ def _perceiver_varlen_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, CU, KL, VL, DKM
                                       sdkm_t, sdkm_h, sdvm_t, sdvm_h, sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t,
                                       H, L, D, n_media_blocks, qk_scale, sm_scale, PRECISION: tl.constexpr,
                                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
-                                      BLOCK_DB: tl.constexpr):
+                                      BLOCK_DB: tl.constexpr, KEYS_MAJOR: tl.constexpr = False):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -110,12 +111,12 @@ def _perceiver_varlen_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, CU, KL, VL, DKM
                         DKM + media_start * sdkm_t, DVM + media_start * sdvm_t, CU, b, h, pid * BLOCK_N, n_media,
                         sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, 0, skm_h, skm_t, 0, svm_h, svm_t,
                         0, sdkm_h, sdkm_t, 0, sdvm_h, sdvm_t, H, L, D, qk_scale, sm_scale,
-                        False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
+                        False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
     else:
         _dkdv_block(Q, DO, LSE, DELTA, KL, VL, DKL, DVL, CU, b, h, (pid - n_media_blocks) * BLOCK_N, L,
                     sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, skl_b, skl_h, skl_t, svl_b, svl_h, svl_t,
                     sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, H, L, D, qk_scale, sm_scale,
-                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
+                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
 
 
 def _s_packed(x: torch.Tensor) -> tuple[int, int]:
@@ -169,7 +170,7 @@ def perceiver_varlen_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tenso
         q, do, lse, delta, k_media, v_media, cu_media, k_latent, v_latent, dkm, dvm, dkl, dvl,
         *_s(q), *_s(do), *_s_packed(k_media), *_s_packed(v_media), *_s(k_latent), *_s(v_latent),
         *_s_packed(dkm), *_s_packed(dvm), *_s(dkl), *_s(dvl),
-        H, L, D, n_media_blocks, scale * LOG2E, scale, **common, **c)
+        H, L, D, n_media_blocks, scale * LOG2E, scale, KEYS_MAJOR=_pa.DKDV_KEYS_MAJOR, **common, **c)
     return dq, dkm, dvm, dkl, dvl
 
 
