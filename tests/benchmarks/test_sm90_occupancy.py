@@ -9,7 +9,8 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("triton_sm90_check", os.path.join(ROOT, "scripts", "triton_sm90_check.py"))
+_spec = importlib.util.spec_from_file_location("triton_sm90_check",
+                                               os.path.join(ROOT, "scripts", "triton_sm90_check.py"))
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
 

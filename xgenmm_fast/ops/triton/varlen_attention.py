@@ -14,9 +14,10 @@ computing a mask: only the tiles on the causal diagonal, the window's edge and t
 to the next power of two inside the tile with masked loads/stores, or, with SPLIT_HEAD_DIM, carried as
 two column parts (96 = 64 + 32: no matmul work on padding; `_flash.head_split`). Backward (FA2 style,
 recomputation from the saved lse):
-delta = rowsum(dO · O) (one pass, `_flash.backward_delta`); a dK/dV kernel per (key block, sequence, kv head) that loops over the q heads of
-its GQA group and the visible query blocks (no atomics; with DKDV_KEYS_MAJOR its scores are K·Qᵀ, so that
-P and dS need no transpose), and a dQ kernel per (query block, sequence, q head).
+delta = rowsum(dO · O) (one pass, `_flash.backward_delta`); a dK/dV kernel per (key block, sequence, kv
+head) that loops over the q heads of its GQA group and the visible query blocks (no atomics; with
+DKDV_KEYS_MAJOR its scores are K·Qᵀ, so that P and dS need no transpose), and a dQ kernel per (query block,
+sequence, q head).
 
 Decode (`decode_attention`): the same forward kernel in its padded mode — q (B, Hq, Tq, D) against a
 cache (B, Hkv, Tmax, D) of `cache_seqlens[b]` valid keys, query i at position cache_seqlens[b] − Tq + i.
