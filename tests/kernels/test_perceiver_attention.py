@@ -7,7 +7,7 @@ import torch
 from xgenmm_fast.ops.attention import perceiver_attention_reference
 from xgenmm_fast.ops.triton.perceiver_attention import perceiver_attention_triton
 
-from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, as64, check, leaf
+from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT_DTYPES, as64, check, leaf
 
 # Some gradients are exactly zero in exact arithmetic (a query with one visible key: dq = dk = 0); the
 # floor measures such errors against the O(1) size of the terms (inputs and dout are N(0, 1)).
@@ -38,18 +38,27 @@ def _mask(kind, N, M):
 
 # each case with the padded head dim, and those whose head dim is not a power of two also split in two
 # tile parts (SPLIT_HEAD_DIM: 24 = 16 + 16, 96 = 64 + 32)
-# (each also with the dK/dV scores as K·Qᵀ: DKDV_KEYS_MAJOR)
-SPLIT_CASES = [(*c, False, km) for c in CASES for km in (False, True)] + \
-    [(*c, True, km) for c in CASES if c[4] & (c[4] - 1) for km in (False, True)]
+SPLIT_CASES = [(*c, False) for c in CASES] + [(*c, True) for c in CASES if c[4] & (c[4] - 1)]
 
 
-@pytest.mark.parametrize("N,H,L,M,D,mask_kind,split,keys_major", SPLIT_CASES)
+@pytest.mark.parametrize("N,H,L,M,D,mask_kind,split", SPLIT_CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_perceiver_attention_matches_reference(N, H, L, M, D, mask_kind, split, keys_major, dtype, monkeypatch,
-                                               seed):
+def test_perceiver_attention_matches_reference(N, H, L, M, D, mask_kind, split, dtype, monkeypatch, seed):
+    _check_masked(N, H, L, M, D, mask_kind, split, dtype, monkeypatch)
+
+
+# the dK/dV scores as K·Qᵀ (DKDV_KEYS_MAJOR, off by default): every case with the padded head dim, one split
+@pytest.mark.parametrize("N,H,L,M,D,mask_kind,split", [(*c, False) for c in CASES] + [(*CASES[1], True)])
+@pytest.mark.parametrize("dtype", VARIANT_DTYPES)
+def test_perceiver_attention_dkdv_keys_major(N, H, L, M, D, mask_kind, split, dtype, monkeypatch, seed):
+    from xgenmm_fast.ops.triton import perceiver_attention as pa
+    monkeypatch.setattr(pa, "DKDV_KEYS_MAJOR", True)
+    _check_masked(N, H, L, M, D, mask_kind, split, dtype, monkeypatch)
+
+
+def _check_masked(N, H, L, M, D, mask_kind, split, dtype, monkeypatch):
     from xgenmm_fast.ops.triton import perceiver_attention as pa
     monkeypatch.setattr(pa, "SPLIT_HEAD_DIM", split)
-    monkeypatch.setattr(pa, "DKDV_KEYS_MAJOR", keys_major)
     assert (pa._cfg(D, "fwd")["BLOCK_DB"] > 0) == split
     # (N, T, H, D) -> (N, H, T, D) views, as the model's _heads() produces
     q, km, vm, kl, vl = (leaf(torch.randn(N, T, H, D), dtype).transpose(1, 2) for T in (L, M, M, L, L))

@@ -7,7 +7,7 @@ import torch
 from xgenmm_fast.ops.attention import perceiver_attention_varlen_reference
 from xgenmm_fast.ops.triton.perceiver_varlen import perceiver_attention_varlen_triton
 
-from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, as64, check, leaf
+from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT_DTYPES, as64, check, leaf
 
 GRAD_FLOOR = 0.1  # as in test_perceiver_attention.py: some gradients are exactly zero in exact arithmetic
 
@@ -51,20 +51,33 @@ CASES = [
 
 
 # each case with the padded head dim, and those whose head dim is not a power of two also split in two
-# tile parts (SPLIT_HEAD_DIM: 24 = 16 + 16, 96 = 64 + 32, 40 = 32 + 16); each also with the dK/dV scores as
-# K·Qᵀ (DKDV_KEYS_MAJOR)
-SPLIT_CASES = [(*c, False, km) for c in CASES for km in (False, True)] + \
-    [(*c, True, km) for c in CASES if c[2] & (c[2] - 1) for km in (False, True)]
+# tile parts (SPLIT_HEAD_DIM: 24 = 16 + 16, 96 = 64 + 32, 40 = 32 + 16)
+SPLIT_CASES = [(*c, False) for c in CASES] + [(*c, True) for c in CASES if c[2] & (c[2] - 1)]
 
 
-@pytest.mark.parametrize("H,L,D,counts,split,keys_major", SPLIT_CASES)
+@pytest.mark.parametrize("H,L,D,counts,split", SPLIT_CASES)
 @pytest.mark.parametrize("bound", ["exact", "padded"])  # max_media computed by the op / a larger upper bound
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_perceiver_varlen_matches_loop_reference(H, L, D, counts, split, keys_major, bound, dtype, monkeypatch,
-                                                 seed):
+def test_perceiver_varlen_matches_loop_reference(H, L, D, counts, split, bound, dtype, monkeypatch, seed):
+    _check_varlen(H, L, D, counts, split, bound, dtype, monkeypatch)
+
+
+# the dK/dV scores as K·Qᵀ (DKDV_KEYS_MAJOR, off by default): every case with the padded head dim and the exact
+# bound, those with a non-power-of-two head dim also split, with the padded bound
+KEYS_MAJOR_CASES = [(*c, False, "exact") for c in CASES] + [(*c, True, "padded") for c in CASES if c[2] & (c[2] - 1)]
+
+
+@pytest.mark.parametrize("H,L,D,counts,split,bound", KEYS_MAJOR_CASES)
+@pytest.mark.parametrize("dtype", VARIANT_DTYPES)
+def test_perceiver_varlen_dkdv_keys_major(H, L, D, counts, split, bound, dtype, monkeypatch, seed):
+    from xgenmm_fast.ops.triton import perceiver_attention as pa
+    monkeypatch.setattr(pa, "DKDV_KEYS_MAJOR", True)
+    _check_varlen(H, L, D, counts, split, bound, dtype, monkeypatch)
+
+
+def _check_varlen(H, L, D, counts, split, bound, dtype, monkeypatch):
     from xgenmm_fast.ops.triton import perceiver_attention as pa
     monkeypatch.setattr(pa, "SPLIT_HEAD_DIM", split)
-    monkeypatch.setattr(pa, "DKDV_KEYS_MAJOR", keys_major)
     assert (pa._cfg(D, "fwd")["BLOCK_DB"] > 0) == split
     if counts == "random":
         counts = [0, 1] + torch.randint(0, 37, (3,)).tolist()

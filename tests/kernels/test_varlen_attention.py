@@ -7,7 +7,7 @@ import torch
 from xgenmm_fast.ops.attention import decode_attention_reference, varlen_attention_reference
 from xgenmm_fast.ops.triton.varlen_attention import decode_attention_triton, varlen_attention_triton
 
-from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, as64, check, leaf
+from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT_DTYPES, as64, check, leaf
 
 # Some gradients are exactly zero in exact arithmetic (a query with one visible key: dq = dk = 0); the
 # floor measures such errors against the O(1) size of the terms (inputs and dout are N(0, 1)).
@@ -108,7 +108,7 @@ def test_varlen_attention_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, 
 
 
 @pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", VARIANT_DTYPES)
 def test_varlen_attention_dkdv_keys_major(lens, Hq, Hkv, D, window, causal, dtype, monkeypatch, seed):
     """The dK/dV kernel with its scores as K·Qᵀ (DKDV_KEYS_MAJOR): the same gradients, every case."""
     from xgenmm_fast.ops.triton import varlen_attention as mod
