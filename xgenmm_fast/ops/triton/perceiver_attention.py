@@ -130,15 +130,22 @@ def _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KB, VB, MASKB, stride_k
 
 
 @triton.jit
-def _dq_init(Q, DO, LSE, DELTA, offs_m, sq_t, sdo_t, L, D, BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr,
-             BLOCK_DB: tl.constexpr):
-    """A dQ program's query rows, their dO, lse and delta, and the empty dQ accumulators."""
+def _dq_block(Q, DO, LSE, DELTA, DQ, KM, VM, MASKB, KL, VL, offs_m, sq_t, sdo_t, sdq_t, skm_t, svm_t, skl_t, svl_t,
+              n_media, L, D, qk_scale, sm_scale, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr):
+    """One dQ program of both kernel families: query rows offs_m of one (chunk, head), every pointer already at
+    that chunk and head, against its n_media media keys (token-masked with HAS_MASK) and its L latents."""
     qa, qb = load_head(Q, offs_m[:, None], sq_t, offs_m[:, None] < L, D, BLOCK_DA, BLOCK_DB)
     doa, dob = load_head(DO, offs_m[:, None], sdo_t, offs_m[:, None] < L, D, BLOCK_DA, BLOCK_DB)
     lse = tl.load(LSE + offs_m, mask=offs_m < L, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=offs_m < L, other=0.0)
     dq_a, dq_b = zeros_head(BLOCK_M, BLOCK_DA, BLOCK_DB)
-    return qa, qb, doa, dob, lse, delta, dq_a, dq_b
+    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KM, VM, MASKB, skm_t, svm_t, n_media,
+                            qk_scale, D, HAS_MASK, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KL, VL, MASKB, skl_t, svl_t, L, qk_scale, D,
+                            False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
+    store_head(DQ, offs_m[:, None], sdq_t, offs_m[:, None] < L, D, dq_a * sm_scale, dq_b * sm_scale,
+               BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
@@ -156,17 +163,10 @@ def _perceiver_bwd_dq_kernel(Q, KM, VM, KL, VL, MASK, DO, LSE, DELTA, DQ,
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qa, qb, doa, dob, lse, delta, dq_a, dq_b = _dq_init(Q + b * sq_b + h * sq_h, DO + b * sdo_b + h * sdo_h,
-                                                        LSE + (b * H + h) * L, DELTA + (b * H + h) * L, offs_m,
-                                                        sq_t, sdo_t, L, D, BLOCK_M, BLOCK_DA, BLOCK_DB)
-    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KM + b * skm_b + h * skm_h,
-                            VM + b * svm_b + h * svm_h, MASK + b * smask_b, skm_t, svm_t, M, qk_scale, D,
-                            HAS_MASK, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
-    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KL + b * skl_b + h * skl_h,
-                            VL + b * svl_b + h * svl_h, MASK, skl_t, svl_t, L, qk_scale, D,
-                            False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
-    store_head(DQ + b * sdq_b + h * sdq_h, offs_m[:, None], sdq_t, offs_m[:, None] < L, D, dq_a * sm_scale,
-               dq_b * sm_scale, BLOCK_DA, BLOCK_DB)
+    _dq_block(Q + b * sq_b + h * sq_h, DO + b * sdo_b + h * sdo_h, LSE + (b * H + h) * L, DELTA + (b * H + h) * L,
+              DQ + b * sdq_b + h * sdq_h, KM + b * skm_b + h * skm_h, VM + b * svm_b + h * svm_h, MASK + b * smask_b,
+              KL + b * skl_b + h * skl_h, VL + b * svl_b + h * svl_h, offs_m, sq_t, sdo_t, sdq_t, skm_t, svm_t,
+              skl_t, svl_t, M, L, D, qk_scale, sm_scale, HAS_MASK, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit

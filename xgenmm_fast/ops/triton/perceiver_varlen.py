@@ -6,7 +6,7 @@ Layouts (`attention.perceiver_attention_varlen_reference` is the reference, same
   max_media ≥ every chunk's key count (sizes the backward grid; computed from cu_media when None).
 out = softmax(q·[k_media(n); k_latent]ᵀ·scale)·[v_media(n); v_latent], without concatenating the sources:
 each program reads its chunk's media key range, then the latents, with one online softmax (the block
-loops `_fwd_source` / `_dq_source` / `_dkdv_block` are shared with the masked kernel in
+loops `_fwd_source` / `_dq_block` / `_dkdv_block` are shared with the masked kernel in
 perceiver_attention.py, called here without a mask and with the chunk's key range as the source).
 All chunks and heads run in one launch. Tensors may be strided views with a contiguous head dim (the
 model's k/v are halves of one to_kv output).
@@ -27,9 +27,8 @@ from ..attention import perceiver_attention_varlen_reference
 from . import _utils
 from . import perceiver_attention as _pa
 from ._utils import lastdim_contig, usable
-from ._flash import store_head
-from .perceiver_attention import (LOG2E, _cfg, _dkdv_block, _dq_init, _dq_source, _fwd_finish, _fwd_init,
-                                  _fwd_source, _precision, _s)
+from .perceiver_attention import (LOG2E, _cfg, _dkdv_block, _dq_block, _fwd_finish, _fwd_init, _fwd_source,
+                                  _precision, _s)
 
 
 @triton.jit
@@ -75,17 +74,11 @@ def _perceiver_varlen_bwd_dq_kernel(Q, KM, VM, CU, KL, VL, DO, LSE, DELTA, DQ,
     media_start = tl.load(CU + b).to(tl.int64)
     n_media = tl.load(CU + b + 1) - tl.load(CU + b)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qa, qb, doa, dob, lse, delta, dq_a, dq_b = _dq_init(Q + b * sq_b + h * sq_h, DO + b * sdo_b + h * sdo_h,
-                                                        LSE + (b * H + h) * L, DELTA + (b * H + h) * L, offs_m,
-                                                        sq_t, sdo_t, L, D, BLOCK_M, BLOCK_DA, BLOCK_DB)
-    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KM + media_start * skm_t + h * skm_h,
-                            VM + media_start * svm_t + h * svm_h, CU, skm_t, svm_t, n_media, qk_scale, D,
-                            False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
-    dq_a, dq_b = _dq_source(qa, qb, doa, dob, lse, delta, dq_a, dq_b, KL + b * skl_b + h * skl_h,
-                            VL + b * svl_b + h * svl_h, CU, skl_t, svl_t, L, qk_scale, D,
-                            False, PRECISION, BLOCK_N, BLOCK_DA, BLOCK_DB)
-    store_head(DQ + b * sdq_b + h * sdq_h, offs_m[:, None], sdq_t, offs_m[:, None] < L, D, dq_a * sm_scale,
-               dq_b * sm_scale, BLOCK_DA, BLOCK_DB)
+    # the chunk's media rows as a source of their own (base pointers moved to row cu[b]; no token mask)
+    _dq_block(Q + b * sq_b + h * sq_h, DO + b * sdo_b + h * sdo_h, LSE + (b * H + h) * L, DELTA + (b * H + h) * L,
+              DQ + b * sdq_b + h * sdq_h, KM + media_start * skm_t + h * skm_h, VM + media_start * svm_t + h * svm_h,
+              CU, KL + b * skl_b + h * skl_h, VL + b * svl_b + h * svl_h, offs_m, sq_t, sdo_t, sdq_t, skm_t, svm_t,
+              skl_t, svl_t, n_media, L, D, qk_scale, sm_scale, False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
