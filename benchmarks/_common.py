@@ -254,6 +254,16 @@ def median_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def cuda_graph_ms(fn: Callable[[], Any], rep_ms: float) -> float:
+    """Median ms of fn() replayed from a CUDA graph (triton.testing.do_bench_cudagraph): the device time of
+    its kernels without the host's per-call cost (Python, autograd, launches). An eager per-call timer
+    (do_bench) measures the host instead wherever enqueuing a call takes longer than running it, which is
+    the case for sub-millisecond fwd+bwd calls through autograd. No L2 flush between calls: use it for
+    working sets well above the L2 size. Raises if fn cannot be captured (a host sync, a CPU tensor read)."""
+    import triton.testing
+    return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
+
+
 def _heap_in_use() -> Callable[[], int]:
     """Bytes the C heap has handed out and not taken back (glibc mallinfo2: arenas + mmapped blocks);
     torch's CPU tensors live there. Unlike the resident set it drops as soon as memory is freed."""

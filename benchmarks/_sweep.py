@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cuda_graph_ms  # noqa: E402
+
 
 def device_problem(script: str, smoke: bool) -> str | None:
     """Why this run cannot go ahead (printed, exit 2), or None."""
@@ -29,8 +32,9 @@ def exit_on_device_problem(script: str, smoke: bool) -> int | None:
     return None
 
 
-def timer(smoke: bool, rep_ms: float) -> Callable[[Callable[[], Any]], float]:
-    """ms of one call: triton.testing.do_bench's median on the GPU, one timed call under --smoke."""
+def timer(smoke: bool, rep_ms: float, graph: bool = False) -> Callable[[Callable[[], Any]], float]:
+    """ms of one call: triton.testing.do_bench's median on the GPU (graph: the median of CUDA-graph replays,
+    _common.cuda_graph_ms, the device time without the host's per-call cost), one timed call under --smoke."""
     import triton.testing
 
     def run(fn) -> float:
@@ -38,6 +42,8 @@ def timer(smoke: bool, rep_ms: float) -> Callable[[Callable[[], Any]], float]:
             t0 = time.perf_counter()
             fn()
             return (time.perf_counter() - t0) * 1e3
+        if graph:
+            return cuda_graph_ms(fn, rep_ms)
         return float(triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median"))
     return run
 

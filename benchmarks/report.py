@@ -53,7 +53,8 @@ def fmt_number(v: float) -> str:
 
 
 def fmt_measure(m: dict | None) -> str:
-    """{"value", "unit", impl?, rate?, frac_peak?} -> '1.23 ms · 512 TFLOP/s · 52% of peak (triton)'."""
+    """{"value", "unit", impl?, rate?, frac_peak?, timer?, eager_ms?} -> '1.23 ms · 512 TFLOP/s · 52% of peak
+    (triton)', plus ' · CUDA graph; 1.5 ms eager' for a side timed from a CUDA graph (bench_kernels)."""
     if m is None:
         return "–"
     v, unit = m["value"], m["unit"]
@@ -69,6 +70,10 @@ def fmt_measure(m: dict | None) -> str:
         text += f" · {100 * m['frac_peak']:.0f}% of peak"
     if m.get("impl"):
         text += f" ({m['impl']})"
+    if m.get("timer") == "cuda_graph" and m.get("eager_ms") is not None:
+        text += f" · CUDA graph; {fmt_number(m['eager_ms'])} ms eager"
+    elif m.get("graph_error"):
+        text += " · eager (graph capture failed)"
     return text
 
 

@@ -1,7 +1,8 @@
 """Launch-option sweep for the RMSNorm backward on a GPU: rows per step, prefetch, programs per SM and warps
-(`rms_norm.BWD_TUNING`), timed as bench_kernels' rms_norm_fwd_bwd row (16384 x 3072, bf16) and as GB/s
-against the device copy bandwidth measured in the same run. Exploration for choosing BWD_TUNING, like
-sweep_attention_tiles.py for the attention tiles; #4's target is >= 70% of the copy bandwidth.
+(`rms_norm.BWD_TUNING`), timed as bench_kernels' rms_norm_fwd_bwd row (16384 x 3072, bf16, from a CUDA graph;
+the eager time kept as eager_ms) and as GB/s against the device copy bandwidth measured in the same run.
+Exploration for choosing BWD_TUNING, like sweep_attention_tiles.py for the attention tiles; #4's target is
+>= 70% of the copy bandwidth.
 
     python benchmarks/sweep_rms_norm.py --out /tmp/rms.json [--budget-s 40] [--rep-ms 50]
 
@@ -67,6 +68,9 @@ def main(argv=None) -> int:
         return [x.grad, w.grad]
 
     timer_ms = timer(args.smoke, args.rep_ms)
+    # Candidates are compared by their CUDA-graph time: eagerly, a fwd+bwd call through autograd costs the host
+    # more than its kernels take (bench_kernels.GRAPH_TIMED), and every candidate would measure the same host.
+    graph_ms = timer(args.smoke, args.rep_ms, graph=True)
 
     copy_gbps = None
     if not args.smoke:  # device copy bandwidth, bytes read + written, as bench_kernels measures it
@@ -92,9 +96,15 @@ def main(argv=None) -> int:
         row = {"options": cand, "default": cand == default}
         rn.BWD_TUNING.update(cand)
         try:
-            ms = timer_ms(fwd_bwd)
+            eager = timer_ms(fwd_bwd)
+            try:
+                ms = graph_ms(fwd_bwd)
+                row["timer"] = "cuda_graph" if not args.smoke else "one call (smoke)"
+            except Exception as e:  # noqa: BLE001 -- capture failed: the eager time, and why
+                ms = eager
+                row.update(timer="do_bench", graph_error=error_text(e))
             got = fwd_bwd()
-            row.update(ms=round_sig(ms, 4), gbps=round_sig(nbytes / ms / 1e6, 4),
+            row.update(ms=round_sig(ms, 4), eager_ms=round_sig(eager, 4), gbps=round_sig(nbytes / ms / 1e6, 4),
                        max_abs_diff=round_sig(max((g.float() - e.float()).abs().max().item()
                                                   for g, e in zip(got, expected)), 3))
             if copy_gbps:

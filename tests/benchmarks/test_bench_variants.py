@@ -124,3 +124,35 @@ def test_attention_library_row_preference(monkeypatch):
         "sdpa_flash_per_seq_causal_no_window"
     monkeypatch.setattr(lib, "torch_varlen_available", lambda: False)
     assert kernels.varlen_library(q, k, v, cu, 4, 3, "cuda", torch.bfloat16)[0].endswith("causal_no_window")
+
+
+def test_sub_millisecond_rows_are_timed_from_a_cuda_graph(monkeypatch):
+    """GRAPH_TIMED rows headline the CUDA-graph time (device time) and keep the eager one; other rows and the
+    CPU stay eager; a capture failure falls back to the eager time and says why. The two timers are fakes."""
+    import types
+    args = types.SimpleNamespace(rep_ms=10.0, smoke=False)
+    peak = {"matmul_tflops": 100.0, "copy_gbps": 1000.0}
+    monkeypatch.setattr(kernels, "timer", lambda fn, device, rep_ms, smoke: 0.8)  # host-bound eager time
+    monkeypatch.setattr(kernels, "cuda_graph_ms", lambda fn, rep_ms: 0.2)
+    assert "rms_norm_fwd_bwd" in kernels.GRAPH_TIMED and "varlen_attn_fwd_bwd" not in kernels.GRAPH_TIMED
+    side = kernels.measure("rms_norm_fwd_bwd", "triton", None, "cuda", args, None, 2e8, peak)
+    assert side["value"] == 0.2 and side["eager_ms"] == 0.8 and side["timer"] == "cuda_graph"
+    assert side["rate"]["value"] == 1000.0 and side["frac_peak"] == 1.0  # the rate follows the graph time
+    side = kernels.measure("varlen_attn_fwd_bwd", "triton", None, "cuda", args, 1e12, None, peak)
+    assert side["value"] == 0.8 and "timer" not in side and "eager_ms" not in side
+    assert kernels.measure("rms_norm_fwd_bwd", "triton", None, "cpu", args, None, 2e8, peak)["value"] == 0.8
+
+    def capture_fails(fn, rep_ms):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(kernels, "cuda_graph_ms", capture_fails)
+    side = kernels.measure("rope_fwd", "triton", None, "cuda", args, None, 2e8, peak)
+    assert side["value"] == 0.8 and side["timer"] == "do_bench" and "not permitted" in side["graph_error"]
+
+
+def test_report_says_which_sides_are_graph_timed():
+    report = load("report")
+    graph = {"value": 0.2, "unit": "ms", "impl": "triton", "timer": "cuda_graph", "eager_ms": 0.85}
+    assert report.fmt_measure(graph).endswith("(triton) · CUDA graph; 0.85 ms eager")
+    failed = {"value": 0.8, "unit": "ms", "timer": "do_bench", "graph_error": "RuntimeError: x"}
+    assert report.fmt_measure(failed).endswith("eager (graph capture failed)")
+    assert "graph" not in report.fmt_measure({"value": 1.0, "unit": "ms"})

@@ -6,14 +6,17 @@ per-row rstd (rows,); the backward recomputes the normalized row n = x · rstd f
 x and dy: ~4 programs per SM, each walking a contiguous range of rows,
   dx = rstd · (g − n · mean(g · n)),  g = dy · weight      (stored per row)
   dweight = Σ_rows dy · n.to(x.dtype)                      (an fp32 partial row per program, then one torch sum)
-Measured on an H200 (bench_kernels rms_norm_fwd_bwd, 16384 x 3072 bf16): 0.61 ms fwd+bwd with this kernel;
-a two-kernel variant (a one-row-per-program dx kernel plus a tiled dweight column reduction, reading x and dy
-twice, commits b3ef7d7..18a0a4b) took 0.85 ms and was reverted. Both are far from the copy bandwidth
-(#4's target: 70%); the cause is not profiled yet (benchmarks/profile_kernels.py --only rms_norm_fwd_bwd).
-A likely one, from the static check (scripts/triton_sm90_check.py, CTA/SM column): at 16 warps the backward
-takes 72 registers, so one program fits on an SM, with one row's loads in flight (the forward, 32 registers,
-fits four). BWD_TUNING's variants (prefetch, several rows per step, 8 or 32 warps) raise the rows in flight;
-benchmarks/sweep_rms_norm.py times them on a GPU.
+Timed on an H200 (bench_kernels rms_norm_fwd_bwd, 16384 x 3072 bf16, eager do_bench): 0.61 ms fwd+bwd with
+this kernel, 0.85 ms with a two-kernel variant (a one-row-per-program dx kernel plus a tiled dweight column
+reduction, commits b3ef7d7..18a0a4b, reverted). Those times are mostly the host's, not the kernels': the H200
+SFT profile (benchmarks/results/2026-11-26-nvidia-h200-sft-profile.json) has all RMSNorm kernels of a step
+(129 forward calls with the checkpointed recompute, 65 backward, ~11k rows each) at 11.0 ms, which at the
+forward row's rate leaves ~0.08 ms per backward call: ~0.18 ms fwd+bwd at 16k rows, ~60% of the copy
+bandwidth (an estimate; #4's target is 70%). bench_kernels now times this row from a CUDA graph
+(GRAPH_TIMED). The static check (scripts/triton_sm90_check.py, CTA/SM column) has the backward at 72
+registers at 16 warps, one program per SM with one row's loads in flight (the forward, 32 registers, fits
+four); BWD_TUNING's variants (prefetch, several rows per step, 8 or 32 warps, a register cap) raise the rows
+in flight, and benchmarks/sweep_rms_norm.py times them on a GPU, also from a CUDA graph.
 """
 from __future__ import annotations
 
@@ -123,8 +126,8 @@ def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, stride_dy, stride_x, strid
 # rows per step (BLOCK_R), programs per SM, warps (None: one per 256 columns, at most 16), prefetch (one row
 # per step only: the next row's loads issued before this row's work; unmeasured), max_registers (Triton's
 # maxnreg; None: the compiler's choice. 64 at 16 warps fits two programs per SM instead of one, for 8 bytes
-# of spills at sm_90 by the static check; unmeasured). The defaults are the kernel measured on an H200
-# (0.61 ms fwd+bwd at 16384 x 3072 bf16).
+# of spills at sm_90 by the static check; unmeasured). The defaults are the kernel run on the H200 (its
+# eager 0.61 ms was host time; ~0.18 ms device time by the SFT profile, see the module docstring).
 BWD_TUNING = dict(rows_per_step=1, programs_per_sm=4, num_warps=None, prefetch=False, max_registers=None)
 
 
