@@ -32,3 +32,24 @@ def test_backward_delta_row_stride_not_packed(seed):
     backward_delta(o, do, out_base[:, 3:28], interpreting())
     check("delta", [out_base[:, 3:28]], [(o.double() * do.double()).sum(-1)], TOL[torch.float32])
     assert (out_base[:, :3] == 0).all() and (out_base[:, 28:] == 0).all()
+
+
+@pytest.mark.parametrize("tiles,heads,latents,dim", [(3, 2, 17, 96), (1, 1, 1, 32), (2, 3, 40, 64), (0, 2, 8, 32)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_delta_perceiver_layout(tiles, heads, latents, dim, dtype, seed):
+    """(tile, head, latent, D) inputs: O contiguous, dO the (tile, head, latent) view of a (tile, latent,
+    head·D) gradient, as the perceiver's output projection hands it back; delta a contiguous (tile, head,
+    latent) tensor, as the perceiver kernels read it."""
+    o = torch.randn(tiles, heads, latents, dim).to(DEVICE, dtype)
+    do = torch.randn(tiles, latents, heads * dim).to(DEVICE, dtype).view(tiles, latents, heads, dim).transpose(1, 2)
+    out = torch.full((tiles, heads, latents), float("nan"), dtype=torch.float32, device=DEVICE)
+    assert backward_delta(o, do, out, interpreting()) is out
+    check("delta", [out], [(o.double() * do.double()).sum(-1)], TOL[torch.float32])
+
+
+def test_backward_delta_rejects_mismatched_shapes():
+    o = torch.zeros(2, 3, 4, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="must match"):
+        backward_delta(o, torch.zeros(2, 3, 5, 8, device=DEVICE), torch.zeros(2, 3, 4, device=DEVICE), interpreting())
+    with pytest.raises(ValueError, match="must match"):
+        backward_delta(o, o, torch.zeros(2, 3, 5, device=DEVICE), interpreting())

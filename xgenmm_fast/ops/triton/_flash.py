@@ -137,33 +137,43 @@ def dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, 
 
 
 @triton.jit
-def _row_dot_kernel(A, B, OUT, n_rows, D, sa_b, sa_r, sb_b, sb_r, so_b, so_r,
+def _row_dot_kernel(A, B, OUT, n_rows, D, sa_b, sa_c, sa_r, sb_b, sb_c, sb_r, so_b, so_c, so_r,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """OUT[b, r] = Σ_d A[b, r, d] · B[b, r, d] in fp32; program (row block, b). Last dim contiguous."""
+    """OUT[b, c, r] = Σ_d A[b, c, r, d] · B[b, c, r, d] in fp32; program (row block, b, c). Last dim contiguous."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2).to(tl.int64)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
     rm = rows < n_rows
     mask = rm[:, None] & (cols[None, :] < D)
     r64 = rows.to(tl.int64)[:, None]
-    a = tl.load(A + b * sa_b + r64 * sa_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(B + b * sb_b + r64 * sb_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.store(OUT + b * so_b + rows.to(tl.int64) * so_r, tl.sum(a * x, axis=1), mask=rm)
+    a = tl.load(A + b * sa_b + c * sa_c + r64 * sa_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(B + b * sb_b + c * sb_c + r64 * sb_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + b * so_b + c * so_c + rows.to(tl.int64) * so_r, tl.sum(a * x, axis=1), mask=rm)
 
 
 def backward_delta(o, do, out, interpreting: bool):
     """The attention backward's delta = rowsum(dO ∘ O) in fp32, one pass over O and dO (the torch form,
     (do.float() * o.float()).sum(-1), wrote two fp32 copies and their product first: ~4x the traffic).
-    o, do: (B, R, D) views with a contiguous last dim; out: an fp32 (B, R) view, written. Returns out."""
+    o, do: (B, R, D) or (B, C, R, D) views with a contiguous last dim (any other strides: the perceiver's dO
+    is a (tile, head, latent) view of a (tile, latent, head) gradient); out: an fp32 (B, R) or (B, C, R)
+    view, written. Returns out."""
     from torch.library import wrap_triton
-    B, R, D = o.shape
-    if B == 0 or R == 0:
+    if o.dim() == 3:
+        o4, do4, out3 = o.unsqueeze(1), do.unsqueeze(1), out.unsqueeze(1)
+    else:
+        o4, do4, out3 = o, do, out
+    B, C, R, D = o4.shape
+    if do4.shape != o4.shape or out3.shape != (B, C, R) or o4.stride(-1) != 1 or do4.stride(-1) != 1:
+        raise ValueError(f"backward_delta: o {tuple(o.shape)} and do {tuple(do.shape)} must match with a "
+                         f"contiguous last dim, out {tuple(out.shape)} must be their shape without it")
+    if B == 0 or C == 0 or R == 0:
         return out
     block_d = max(16, next_pow2(D))
     block_r = 16 if interpreting else max(1, min(64, 4096 // block_d))  # 32 rows at head dim 96/128
-    wrap_triton(_row_dot_kernel)[(triton.cdiv(R, block_r), B)](
-        o, do, out, R, D, o.stride(0), o.stride(1), do.stride(0), do.stride(1), out.stride(0), out.stride(1),
+    wrap_triton(_row_dot_kernel)[(triton.cdiv(R, block_r), B, C)](
+        o4, do4, out3, R, D, *o4.stride()[:3], *do4.stride()[:3], *out3.stride(),
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=1 if interpreting else 4)
     return out
 

@@ -7,10 +7,10 @@ the online softmax runs over the media key blocks, then over the latent key bloc
 Every tile of the batch (N) and every head runs in one launch. All tensors may be strided views
 (the model's (N, T, H, d) → (N, H, T, d) transposes) as long as the head dim is contiguous.
 
-Backward: delta = rowsum(dO · O) (torch), a dQ kernel over both sources, and one dK/dV launch whose
-programs cover media key blocks first, then latent key blocks (each program owns its key rows: no
-atomics). Masked media keys get zero gradient. Every query row sees at least the latent keys, so no row
-is ever empty. The head dim (96 at the released size) is one tile padded to the next power of two, or,
+Backward: delta = rowsum(dO · O) (one pass, `_flash.backward_delta`), a dQ kernel over both sources, and one
+dK/dV launch whose programs cover media key blocks first, then latent key blocks (each program owns its key
+rows: no atomics). Masked media keys get zero gradient. Every query row sees at least the latent keys, so no
+row is ever empty. The head dim (96 at the released size) is one tile padded to the next power of two, or,
 with SPLIT_HEAD_DIM, two tile parts (64 + 32; `_flash.head_split`), as in the LM attention kernels.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..attention import perceiver_attention_reference
-from ._flash import (BACKWARD_TILES, dkdv_step, dkdv_step_keys_major, dot_t, dq_step, head_split, load_head,
-                     online_softmax_step, store_head, zeros_head)
+from ._flash import (BACKWARD_TILES, backward_delta, dkdv_step, dkdv_step_keys_major, dot_t, dq_step, head_split,
+                     load_head, online_softmax_step, store_head, zeros_head)
 from ._utils import interpreting, lastdim_contig, usable
 
 LOG2E = 1.4426950408889634
@@ -311,9 +311,8 @@ def perceiver_attn_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tensor,
         v_latent.shape, dtype=v_latent.dtype, device=q.device)
     if N == 0 or H == 0 or L == 0:
         return dq, dkm, dvm, dkl, dvl
-    if do.stride(-1) != 1:
-        do = do.contiguous()
-    delta = (do.float() * o.float()).sum(-1).contiguous()  # (N, H, L)
+    do = lastdim_contig(do)  # the output projection's gradient, a (tile, head, latent) view
+    delta = backward_delta(o, do, torch.empty((N, H, L), dtype=torch.float32, device=q.device), interpreting())
     common = dict(HAS_MASK=has_mask, PRECISION=_precision(q.dtype))
     c = _cfg(D, "dq")
     wrap_triton(_perceiver_bwd_dq_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](

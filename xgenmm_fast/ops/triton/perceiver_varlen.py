@@ -11,10 +11,10 @@ perceiver_attention.py, called here without a mask and with the chunk's key rang
 All chunks and heads run in one launch. Tensors may be strided views with a contiguous head dim (the
 model's k/v are halves of one to_kv output).
 
-Backward: delta = rowsum(dO · O) (torch), a dQ kernel over both sources, and one dK/dV launch whose
-programs cover, for each chunk, cdiv(max_media, BLOCK_N) media key blocks (those past the chunk's count
-exit at once) and then the latent key blocks. Each program owns its key rows: no atomics. A chunk with
-no media keys is fine: its queries see only the latents, so no query row is ever empty.
+Backward: delta = rowsum(dO · O) (one pass, `_flash.backward_delta`), a dQ kernel over both sources, and one
+dK/dV launch whose programs cover, for each chunk, cdiv(max_media, BLOCK_N) media key blocks (those past the
+chunk's count exit at once) and then the latent key blocks. Each program owns its key rows: no atomics. A
+chunk with no media keys is fine: its queries see only the latents, so no query row is ever empty.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from torch.library import triton_op, wrap_triton
 from ..attention import perceiver_attention_varlen_reference
 from . import _utils
 from . import perceiver_attention as _pa
-from ._utils import lastdim_contig, usable
+from ._flash import backward_delta
+from ._utils import interpreting, lastdim_contig, usable
 from .perceiver_attention import (LOG2E, _cfg, _dkdv_block, _dq_block, _fwd_finish, _fwd_init, _fwd_source,
                                   _precision, _s)
 
@@ -148,9 +149,8 @@ def perceiver_varlen_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tenso
     # the chunks cover the media rows (cu_media from 0 to total_media)
     dq, dkm, dvm, dkl, dvl = (_utils.unwritten(t.shape, t.dtype, q.device)
                               for t in (q, k_media, v_media, k_latent, v_latent))
-    if do.stride(-1) != 1:
-        do = do.contiguous()
-    delta = (do.float() * o.float()).sum(-1).contiguous()  # (N, H, L)
+    do = lastdim_contig(do)  # the output projection's gradient, a (tile, head, latent) view
+    delta = backward_delta(o, do, torch.empty((N, H, L), dtype=torch.float32, device=q.device), interpreting())
     common = dict(PRECISION=_precision(q.dtype))
     c = _cfg(D, "dq")
     wrap_triton(_perceiver_varlen_bwd_dq_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](
