@@ -29,7 +29,7 @@ def seed():
 
 @pytest.fixture(autouse=True)
 def _poisoned_output_buffers(monkeypatch):
-    """Kernel outputs allocated without a zero fill (`_utils.unwritten`) start as NaN in every kernel test, so
+    """Kernel outputs allocated without a zero fill (`_utils.unwritten`, `unwritten_like`) start as NaN in every kernel test, so
     an element a kernel fails to write shows up as NaN instead of as whatever the allocator left there."""
     from xgenmm_fast.ops.triton import _utils
 
@@ -37,3 +37,4 @@ def _poisoned_output_buffers(monkeypatch):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(_utils, "unwritten", nan_filled)
+    monkeypatch.setattr(_utils, "unwritten_like", lambda t: torch.full_like(t, float("nan")))

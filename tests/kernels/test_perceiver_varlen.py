@@ -206,3 +206,25 @@ def test_unequal_tiles_varlen_and_masked(blocks, split, monkeypatch, seed):
     check("perceiver_masked_fwd", [om], [ref], TOL[torch.float32])
     check("perceiver_masked_bwd", [qm.grad, klm.grad, vlm.grad], [ins64[0].grad, ins64[3].grad, ins64[4].grad],
           TOL_ATTN_BWD[torch.float32], GRAD_FLOOR)
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_out_and_latent_grads_take_q_layout(transposed, seed):
+    """out, dQ and the latent dK/dV come back in q's memory layout: for the model's (tile, head, latent) views
+    of (tile, latent, head·D) projections that makes out.transpose(1, 2) contiguous (the model's reshape is a
+    view) and the gradients of the views need no copy; a contiguous q gives contiguous ones. (The backward op
+    is called directly: autograd's retained gradients are copies in its own layout.)"""
+    from xgenmm_fast.ops.triton.perceiver_varlen import perceiver_varlen_bwd, perceiver_varlen_fwd
+    N, H, L, D, counts = 2, 3, 5, 16, [4, 7]
+    cu = _cu(counts).to(DEVICE)
+    q, km, vm, kl, vl = (t.detach() for t in _inputs(N, H, L, sum(counts), D, torch.float32))
+    if not transposed:
+        q, kl, vl = (t.contiguous() for t in (q, kl, vl))
+    o, lse = perceiver_varlen_fwd(q, km, vm, cu, kl, vl, max(counts), D ** -0.5)
+    assert o.stride() == q.stride() and o.transpose(1, 2).is_contiguous() == transposed
+    grads = perceiver_varlen_bwd(torch.randn(o.shape, device=DEVICE), q, km, vm, cu, kl, vl, max(counts), o, lse,
+                                 D ** -0.5)
+    dq, dkm, dvm, dkl, dvl = grads
+    assert dq.stride() == dkl.stride() == dvl.stride() == q.stride()
+    assert dkm.is_contiguous() and dvm.is_contiguous() and dkm.shape == km.shape
+    assert not any(torch.isnan(g).any() for g in grads)  # every element written (buffers start as NaN here)

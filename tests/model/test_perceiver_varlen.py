@@ -160,3 +160,35 @@ def test_triton_backend_in_the_model_matches_reference(model):
     assert rel_err(out, ref) < RTOL
     for g, r in zip(grads, ref_grads):
         assert rel_err(g, r) < RTOL
+
+
+def test_attention_block_copies_no_projection_sized_tensor(model):
+    """With the Triton op (interpreter on CPU), a perceiver attention block's forward + backward makes no copy
+    of a (tiles, latents, heads·dim_head) tensor: the op's output and its q / latent gradients come in the
+    projections' layout, so the head-split views and the output reshape stay views (each such copy was a
+    tensor of 40 x 128 x 1536 per layer at the released size)."""
+    if "triton" not in dispatch.available_backends("perceiver_attention_varlen"):
+        pytest.skip("Triton backends not registered here")
+    from torch.utils._python_dispatch import TorchDispatchMode
+    attn, cfg = model.layers[0][0], model.config
+    gen = torch.Generator().manual_seed(9)
+    media, mask = torch.randn(4, M, DIM, generator=gen), _mask("random", gen)[:4]
+    visible = perceiver_mod.pack_visible_media(media, mask, cfg.layer_norm_eps)
+    latents = torch.randn(4, cfg.num_latents, DIM, generator=gen, requires_grad=True)
+    projection_sized = 4 * cfg.num_latents * cfg.heads * cfg.dim_head
+    copies = []
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in ("clone", "copy_", "_to_copy", "contiguous") and args[0].numel() == projection_sized:
+                copies.append((name, tuple(args[0].shape), args[0].stride()))
+            return func(*args, **(kwargs or {}))
+
+    dispatch.set_backend("perceiver_attention_varlen", "triton")
+    try:
+        with Copies():
+            attn(visible, latents).backward(torch.randn(4, cfg.num_latents, DIM, generator=gen))
+    finally:
+        dispatch.set_backend("perceiver_attention_varlen", None)
+    assert not copies, copies

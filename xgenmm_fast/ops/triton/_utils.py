@@ -41,6 +41,13 @@ def unwritten(shape, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def unwritten_like(t: torch.Tensor) -> torch.Tensor:
+    """unwritten() in t's memory layout: torch.empty_like keeps the strides of a dense tensor (a contiguous
+    one otherwise), so that a result or gradient of a transposed view comes back as the same view and the
+    caller's reshape (or the autograd of its view) needs no copy. The tests NaN-fill it as unwritten()."""
+    return torch.empty_like(t)
+
+
 def row_view(x: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (rows, N) with unit stride on the last dim (copies only when it has to)."""
     x2 = x.reshape(-1, x.shape[-1])

@@ -122,9 +122,11 @@ def _s_packed(x: torch.Tensor) -> tuple[int, int]:
 def perceiver_varlen_fwd(q: torch.Tensor, k_media: torch.Tensor, v_media: torch.Tensor, cu_media: torch.Tensor,
                          k_latent: torch.Tensor, v_latent: torch.Tensor, max_media: int, scale: float
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> out (N, H, L, D) contiguous, lse (N, H, L) fp32 (log2 domain). max_media is for the backward."""
+    """-> out (N, H, L, D) in q's memory layout, lse (N, H, L) fp32 (log2 domain). max_media is for the
+    backward. (The model's q is the (tile, head, latent) view of to_q's (tile, latent, head·D) output; out laid
+    out the same way makes the model's out.transpose(1, 2).reshape(N, L, H·D) a view, not a copy.)"""
     N, H, L, D = q.shape
-    o = torch.empty((N, H, L, D), dtype=q.dtype, device=q.device)
+    o = _utils.unwritten_like(q)
     lse = torch.empty((N, H, L), dtype=torch.float32, device=q.device)
     if N == 0 or H == 0 or L == 0:
         return o, lse
@@ -146,9 +148,11 @@ def perceiver_varlen_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tenso
         return tuple(torch.zeros(t.shape, dtype=t.dtype, device=q.device)
                      for t in (q, k_media, v_media, k_latent, v_latent))
     # all written: dQ and the latent dK/dV cover L, the media dK/dV each chunk's [cu[b], cu[b + 1]), and
-    # the chunks cover the media rows (cu_media from 0 to total_media)
-    dq, dkm, dvm, dkl, dvl = (_utils.unwritten(t.shape, t.dtype, q.device)
-                              for t in (q, k_media, v_media, k_latent, v_latent))
+    # the chunks cover the media rows (cu_media from 0 to total_media). dQ and the latent dK/dV take q's
+    # memory layout (the model's (tile, latent, head·D) projections: their views' autograd then copies
+    # nothing); the media dK/dV, halves of one to_kv output in the model, are contiguous.
+    dq, dkl, dvl = (_utils.unwritten_like(q) for _ in range(3))
+    dkm, dvm = (_utils.unwritten(t.shape, t.dtype, q.device) for t in (k_media, v_media))
     do = lastdim_contig(do)  # the output projection's gradient, a (tile, head, latent) view
     delta = backward_delta(o, do, torch.empty((N, H, L), dtype=torch.float32, device=q.device), interpreting())
     common = dict(PRECISION=_precision(q.dtype))
