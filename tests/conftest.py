@@ -17,6 +17,8 @@ if not HAS_CUDA:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (bf16, torch.compile, CUDA kernels); skipped without one")
+    config.addinivalue_line("markers", "variant: an off-by-default kernel variant (a GPU sweep candidate); "
+                                       "scripts/gpu_check.sh runs these after the default paths' tests")
 
 
 def pytest_collection_modifyitems(config, items):

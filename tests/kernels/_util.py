@@ -20,6 +20,7 @@ DTYPES = [
 # Kernel variants that are off by default (scores orientation, prefetch, register caps: candidates for the GPU
 # sweeps): fp32 and fp16 under the interpreter on the CPU, bf16 (the dtype they would run in) on the GPU, where
 # every further dtype is another compile of each case inside the GPU check's time limit.
+VARIANT = pytest.mark.variant  # a test (or case) of such a variant: the GPU check runs them after the defaults
 VARIANT_DTYPES = [pytest.param(torch.bfloat16, marks=pytest.mark.gpu)] if DEVICE == "cuda" else DTYPES
 
 

@@ -7,7 +7,7 @@ import torch
 from xgenmm_fast.ops.attention import perceiver_attention_reference
 from xgenmm_fast.ops.triton.perceiver_attention import perceiver_attention_triton
 
-from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT_DTYPES, as64, check, leaf
+from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT, VARIANT_DTYPES, as64, check, leaf
 
 # Some gradients are exactly zero in exact arithmetic (a query with one visible key: dq = dk = 0); the
 # floor measures such errors against the O(1) size of the terms (inputs and dout are N(0, 1)).
@@ -38,7 +38,8 @@ def _mask(kind, N, M):
 
 # each case with the padded head dim, and those whose head dim is not a power of two also split in two
 # tile parts (SPLIT_HEAD_DIM: 24 = 16 + 16, 96 = 64 + 32)
-SPLIT_CASES = [(*c, False) for c in CASES] + [(*c, True) for c in CASES if c[4] & (c[4] - 1)]
+SPLIT_CASES = [(*c, False) for c in CASES] + [pytest.param(*c, True, marks=VARIANT)
+                                                 for c in CASES if c[4] & (c[4] - 1)]
 
 
 @pytest.mark.parametrize("N,H,L,M,D,mask_kind,split", SPLIT_CASES)
@@ -50,6 +51,7 @@ def test_perceiver_attention_matches_reference(N, H, L, M, D, mask_kind, split, 
 # the dK/dV scores as K·Qᵀ (DKDV_KEYS_MAJOR, off by default): every case with the padded head dim, one split
 @pytest.mark.parametrize("N,H,L,M,D,mask_kind,split", [(*c, False) for c in CASES] + [(*CASES[1], True)])
 @pytest.mark.parametrize("dtype", VARIANT_DTYPES)
+@VARIANT
 def test_perceiver_attention_dkdv_keys_major(N, H, L, M, D, mask_kind, split, dtype, monkeypatch, seed):
     from xgenmm_fast.ops.triton import perceiver_attention as pa
     monkeypatch.setattr(pa, "DKDV_KEYS_MAJOR", True)

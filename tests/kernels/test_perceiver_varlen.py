@@ -7,7 +7,7 @@ import torch
 from xgenmm_fast.ops.attention import perceiver_attention_varlen_reference
 from xgenmm_fast.ops.triton.perceiver_varlen import perceiver_attention_varlen_triton
 
-from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT_DTYPES, as64, check, leaf
+from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT, VARIANT_DTYPES, as64, check, leaf
 
 GRAD_FLOOR = 0.1  # as in test_perceiver_attention.py: some gradients are exactly zero in exact arithmetic
 
@@ -52,7 +52,8 @@ CASES = [
 
 # each case with the padded head dim, and those whose head dim is not a power of two also split in two
 # tile parts (SPLIT_HEAD_DIM: 24 = 16 + 16, 96 = 64 + 32, 40 = 32 + 16)
-SPLIT_CASES = [(*c, False) for c in CASES] + [(*c, True) for c in CASES if c[2] & (c[2] - 1)]
+SPLIT_CASES = [(*c, False) for c in CASES] + [pytest.param(*c, True, marks=VARIANT)
+                                                 for c in CASES if c[2] & (c[2] - 1)]
 
 
 @pytest.mark.parametrize("H,L,D,counts,split", SPLIT_CASES)
@@ -69,6 +70,7 @@ KEYS_MAJOR_CASES = [(*c, False, "exact") for c in CASES] + [(*c, True, "padded")
 
 @pytest.mark.parametrize("H,L,D,counts,split,bound", KEYS_MAJOR_CASES)
 @pytest.mark.parametrize("dtype", VARIANT_DTYPES)
+@VARIANT
 def test_perceiver_varlen_dkdv_keys_major(H, L, D, counts, split, bound, dtype, monkeypatch, seed):
     from xgenmm_fast.ops.triton import perceiver_attention as pa
     monkeypatch.setattr(pa, "DKDV_KEYS_MAJOR", True)

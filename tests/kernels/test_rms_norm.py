@@ -12,7 +12,7 @@ from xgenmm_fast.ops.triton.rms_norm import (
     rms_norm_triton,
 )
 
-from ._util import DEVICE, DTYPES, TOL, VARIANT_DTYPES, as64, check, leaf
+from ._util import DEVICE, DTYPES, TOL, VARIANT, VARIANT_DTYPES, as64, check, leaf
 
 
 @pytest.mark.parametrize("shape", [(1, 8), (3, 5, 96), (17, 200), (2, 1, 3072), (0, 16)])
@@ -103,6 +103,7 @@ def test_rms_norm_backward_strided_inputs_and_fp32_weight(seed):
                                                                   (1, False, 64), (1, True, 64)])
 @pytest.mark.parametrize("shape", [(37, 200), (1, 200), (300, 40), (3, 100, 72)])
 @pytest.mark.parametrize("dtype", VARIANT_DTYPES)
+@VARIANT
 def test_rms_norm_backward_rows_per_step(shape, rows_per_step, prefetch, max_registers, dtype, monkeypatch, seed):
     """The backward's several-rows-per-step, prefetching and register-capped variants (BWD_TUNING, for the GPU
     sweep; the cap only matters compiled, on a GPU): the same gradients; row ranges per program that are not

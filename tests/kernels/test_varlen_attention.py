@@ -7,7 +7,7 @@ import torch
 from xgenmm_fast.ops.attention import decode_attention_reference, varlen_attention_reference
 from xgenmm_fast.ops.triton.varlen_attention import decode_attention_triton, varlen_attention_triton
 
-from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT_DTYPES, as64, check, leaf
+from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT, VARIANT_DTYPES, as64, check, leaf
 
 # Some gradients are exactly zero in exact arithmetic (a query with one visible key: dq = dk = 0); the
 # floor measures such errors against the O(1) size of the terms (inputs and dout are N(0, 1)).
@@ -54,6 +54,7 @@ def test_varlen_attention_matches_reference(lens, Hq, Hkv, D, window, causal, dt
 @pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", [c for c in CASES if c[3] & (c[3] - 1)] + [
     ([40, 7], 2, 1, 80, None, True), ([23], 2, 2, 40, 9, True), ([30, 1], 1, 1, 112, None, False)])
 @pytest.mark.parametrize("dtype", DTYPES)
+@VARIANT
 def test_varlen_attention_split_head_dim(lens, Hq, Hkv, D, window, causal, dtype, monkeypatch, seed):
     """Head dims that are not powers of two as two tile parts (SPLIT_HEAD_DIM: 96 = 64 + 32, 80 = 64 + 16,
     40 = 32 + 16, 24 = 16 + 16 with 8 masked, 112 = 64 + 64 with 16 masked): forward, backward, decode."""
@@ -109,6 +110,7 @@ def test_varlen_attention_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, 
 
 @pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
 @pytest.mark.parametrize("dtype", VARIANT_DTYPES)
+@VARIANT
 def test_varlen_attention_dkdv_keys_major(lens, Hq, Hkv, D, window, causal, dtype, monkeypatch, seed):
     """The dK/dV kernel with its scores as K·Qᵀ (DKDV_KEYS_MAJOR): the same gradients, every case."""
     from xgenmm_fast.ops.triton import varlen_attention as mod
