@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU rows of the benchmark suite (issue #5): bench_preprocess (Pillow vs C++, 1 and 2 threads),
 # bench_planner (665k LLaVA-like samples), and the model benchmarks at tiny size on the CPU
-# (bench_perceiver, bench_sft_step, bench_dpo, bench_generate), each under its own time limit and all
+# (bench_perceiver, bench_sft_step, bench_dpo, bench_generate), the Triton ops' host time per call
+# (bench_host_overhead: kernel launches stubbed out, so it needs no GPU), each under its own time limit and all
 # together under CPU_BENCH_BUDGET_S (default 720 s; about 5 minutes on 2 cores). bench_kernels is not run:
 # without a GPU the Triton kernels only run under the interpreter, whose timings mean nothing. Results merge into
 # RESULTS_DIR/<date>-cpu-<cpu>.json, benchmarks/report.py writes the summary and plots next to it, and a
@@ -35,6 +36,7 @@ if [[ "${CPU_BENCH_SMOKE:-0}" == "1" ]]; then
   step bench_sft_step 120 "$PY" benchmarks/bench_sft_step.py --smoke --out "$OUT"
   step bench_dpo 120 "$PY" benchmarks/bench_dpo.py --smoke --out "$OUT"
   step bench_generate 120 "$PY" benchmarks/bench_generate.py --smoke --out "$OUT"
+  step bench_host_overhead 60 "$PY" benchmarks/bench_host_overhead.py --smoke --out "$OUT"
 else
   step bench_preprocess 120 "$PY" benchmarks/bench_preprocess.py --out "$OUT"
   step bench_planner 240 "$PY" benchmarks/bench_planner.py --out "$OUT"
@@ -46,6 +48,8 @@ else
   step bench_dpo 180 "$PY" benchmarks/bench_dpo.py --size tiny --device cpu --repeats 3 --out "$OUT"
   step bench_generate 180 "$PY" benchmarks/bench_generate.py --size tiny --device cpu --batch-sizes 1 8 32 \
     --repeats 3 --out "$OUT"
+  # the Triton ops' host time per call, eager path vs custom op, launches stubbed out (~20 s)
+  step bench_host_overhead 90 "$PY" benchmarks/bench_host_overhead.py --out "$OUT"
 fi
 
 finish_report "$OUT"

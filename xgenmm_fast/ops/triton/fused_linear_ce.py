@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ..loss import IGNORE_INDEX, linear_cross_entropy_reference, linear_token_logprobs_reference
-from ._utils import interpreting, usable
+from ._utils import interpreting, triton_custom_op, usable
 
 DEFAULT_CHUNK_BYTES = 1 << 30  # logits buffer budget per chunk (env XGENMM_CE_CHUNK_BYTES overrides)
 
@@ -126,7 +126,7 @@ def _empty(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((0,))
 
 
-@triton_op("xgenmm_triton::linear_ce_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::linear_ce_fwd")
 def linear_ce_fwd(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, add_weight: torch.Tensor,
                   add_bias: torch.Tensor | None, num_base: int, targets: torch.Tensor, reduction: str,
                   chunk_rows: int, compute_grad: bool
@@ -178,7 +178,7 @@ def _ce_backward(ctx, g, *_unused):
 linear_ce_fwd.register_autograd(_ce_backward, setup_context=_ce_setup)
 
 
-@triton_op("xgenmm_triton::linear_logprobs_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::linear_logprobs_fwd")
 def linear_logprobs_fwd(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         add_weight: torch.Tensor, add_bias: torch.Tensor | None, num_base: int,
                         targets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
@@ -193,7 +193,7 @@ def linear_logprobs_fwd(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return -row_loss
 
 
-@triton_op("xgenmm_triton::linear_logprobs_bwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::linear_logprobs_bwd")
 def linear_logprobs_bwd(grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         add_weight: torch.Tensor, add_bias: torch.Tensor | None, num_base: int,
                         targets: torch.Tensor, chunk_rows: int

@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ..attention import perceiver_attention_reference
 from ._flash import (BACKWARD_TILES, backward_delta, dkdv_step, dkdv_step_keys_major, dot_t, dq_step, head_split,
                      load_head, online_softmax_step, store_head, zeros_head)
-from ._utils import interpreting, lastdim_contig, usable
+from ._utils import interpreting, lastdim_contig, triton_custom_op, usable
 
 LOG2E = 1.4426950408889634
 
@@ -278,7 +278,7 @@ def _mask_arg(media_mask: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return media_mask.to(device=q.device, dtype=torch.int32).contiguous()
 
 
-@triton_op("xgenmm_triton::perceiver_attn_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::perceiver_attn_fwd")
 def perceiver_attn_fwd(q: torch.Tensor, k_media: torch.Tensor, v_media: torch.Tensor, k_latent: torch.Tensor,
                        v_latent: torch.Tensor, media_mask: torch.Tensor, has_mask: bool,
                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,7 +297,7 @@ def perceiver_attn_fwd(q: torch.Tensor, k_media: torch.Tensor, v_media: torch.Te
     return o, lse
 
 
-@triton_op("xgenmm_triton::perceiver_attn_bwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::perceiver_attn_bwd")
 def perceiver_attn_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tensor, v_media: torch.Tensor,
                        k_latent: torch.Tensor, v_latent: torch.Tensor, media_mask: torch.Tensor, has_mask: bool,
                        o: torch.Tensor, lse: torch.Tensor, scale: float

@@ -21,13 +21,13 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ..attention import perceiver_attention_varlen_reference
 from . import _utils
 from . import perceiver_attention as _pa
 from ._flash import backward_delta
-from ._utils import interpreting, lastdim_contig, usable
+from ._utils import interpreting, lastdim_contig, triton_custom_op, usable
 from .perceiver_attention import (LOG2E, _cfg, _dkdv_block, _dq_block, _fwd_finish, _fwd_init, _fwd_source,
                                   _precision, _s)
 
@@ -118,7 +118,7 @@ def _s_packed(x: torch.Tensor) -> tuple[int, int]:
     return x.stride(0), x.stride(1)
 
 
-@triton_op("xgenmm_triton::perceiver_varlen_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::perceiver_varlen_fwd")
 def perceiver_varlen_fwd(q: torch.Tensor, k_media: torch.Tensor, v_media: torch.Tensor, cu_media: torch.Tensor,
                          k_latent: torch.Tensor, v_latent: torch.Tensor, max_media: int, scale: float
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +138,7 @@ def perceiver_varlen_fwd(q: torch.Tensor, k_media: torch.Tensor, v_media: torch.
     return o, lse
 
 
-@triton_op("xgenmm_triton::perceiver_varlen_bwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::perceiver_varlen_bwd")
 def perceiver_varlen_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tensor, v_media: torch.Tensor,
                          cu_media: torch.Tensor, k_latent: torch.Tensor, v_latent: torch.Tensor, max_media: int,
                          o: torch.Tensor, lse: torch.Tensor, scale: float

@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ..norms import rms_norm_reference
-from ._utils import interpreting, next_pow2, row_view, usable
+from ._utils import interpreting, next_pow2, row_view, triton_custom_op, usable
 
 
 @triton.jit
@@ -135,7 +135,7 @@ def _num_warps(block_n: int) -> int:
     return 1 if interpreting() else min(16, max(1, block_n // 256))
 
 
-@triton_op("xgenmm_triton::rms_norm_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::rms_norm_fwd")
 def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., N), weight (N,) -> (y (..., N) in promote(x, weight) dtype, rstd (rows,) fp32)."""
     N = x.shape[-1]
@@ -160,7 +160,7 @@ def _bwd_plan(rows: int, device: torch.device) -> tuple[int, int]:
     return -(-rows // rows_per_program), rows_per_program
 
 
-@triton_op("xgenmm_triton::rms_norm_bwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::rms_norm_bwd")
 def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                  rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     N = x.shape[-1]

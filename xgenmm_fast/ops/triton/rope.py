@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ..rope import apply_rope_reference
-from ._utils import interpreting, next_pow2, usable
+from ._utils import interpreting, next_pow2, triton_custom_op, usable
 
 
 @triton.jit
@@ -88,13 +88,13 @@ def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return qo.view(q.shape), ko.view(k.shape)
 
 
-@triton_op("xgenmm_triton::rope_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::rope_fwd")
 def rope_fwd(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
              sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch(q, k, cos, sin, backward=False)
 
 
-@triton_op("xgenmm_triton::rope_bwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::rope_bwd")
 def rope_bwd(dq: torch.Tensor, dk: torch.Tensor, cos: torch.Tensor,
              sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch(dq, dk, cos, sin, backward=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ..activations import swiglu_reference
-from ._utils import interpreting, row_view, usable
+from ._utils import interpreting, row_view, triton_custom_op, usable
 
 
 @triton.jit
@@ -48,7 +48,7 @@ def _block(I: int) -> tuple[int, int]:
     return 1024, 4
 
 
-@triton_op("xgenmm_triton::swiglu_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::swiglu_fwd")
 def swiglu_fwd(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up (..., 2I) -> up · silu(gate) (..., I)."""
     two_i = gate_up.shape[-1]
@@ -65,7 +65,7 @@ def swiglu_fwd(gate_up: torch.Tensor) -> torch.Tensor:
     return out.view(*gate_up.shape[:-1], I)
 
 
-@triton_op("xgenmm_triton::swiglu_bwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::swiglu_bwd")
 def swiglu_bwd(dout: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     I = gate_up.shape[-1] // 2
     gu, do = row_view(gate_up), row_view(dout)

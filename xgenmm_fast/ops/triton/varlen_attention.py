@@ -28,13 +28,13 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
 from ._flash import (BACKWARD_TILES, backward_delta, dkdv_step, dkdv_step_keys_major, dot_t, dq_step, head_split,
                      load_head, online_softmax_step, store_head, zeros_head)
 from . import _utils
-from ._utils import interpreting, lastdim_contig, next_pow2, usable
+from ._utils import interpreting, lastdim_contig, next_pow2, triton_custom_op, usable
 
 LOG2E = 1.4426950408889634
 
@@ -393,7 +393,7 @@ def _check_varlen(q, k, v, cu):
         raise ValueError(f"varlen_attention: cu_seqlens must be 1-D (n_seq + 1,), got {tuple(cu.shape)}")
 
 
-@triton_op("xgenmm_triton::varlen_attn_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::varlen_attn_fwd")
 def varlen_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                     causal: bool, window: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """-> out (total, Hq, D) in q's dtype, lse (Hq, total) fp32 (log2 domain; +inf for rows with no key)."""
@@ -416,7 +416,7 @@ def varlen_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlen
     return o, lse
 
 
-@triton_op("xgenmm_triton::varlen_attn_bwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::varlen_attn_bwd")
 def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                     lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, causal: bool, window: int,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -485,7 +485,7 @@ def varlen_attention_triton(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool =
     return varlen_attn_fwd(q, k, v, cu, max_seqlen, causal, window, scale)[0]
 
 
-@triton_op("xgenmm_triton::decode_attn_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::decode_attn_fwd")
 def decode_attn_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                     window: int, scale: float) -> torch.Tensor:
     """q (B, Hq, Tq, D), caches (B, Hkv, Tmax, D), cache_seqlens (B,) int32 -> (B, Hq, Tq, D)."""

@@ -28,10 +28,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ..embedding import merge_vision_tokens_reference
-from ._utils import interpreting, next_pow2, usable
+from ._utils import interpreting, next_pow2, triton_custom_op, usable
 
 
 @triton.jit
@@ -90,7 +90,7 @@ def _num_warps(elements: int) -> int:
     return 1 if interpreting() else min(8, max(1, elements // 512))
 
 
-@triton_op("xgenmm_triton::merge_vision_tokens_fwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::merge_vision_tokens_fwd")
 def merge_vision_tokens_fwd(input_ids: torch.Tensor, weight: torch.Tensor, add_weight: torch.Tensor, num_base: int,
                             media_index: torch.Tensor, tokens: torch.Tensor | None,
                             media_source: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +116,7 @@ def merge_vision_tokens_fwd(input_ids: torch.Tensor, weight: torch.Tensor, add_w
     return out, slot
 
 
-@triton_op("xgenmm_triton::merge_vision_tokens_bwd", mutates_args={})
+@triton_custom_op("xgenmm_triton::merge_vision_tokens_bwd")
 def merge_vision_tokens_bwd(grad: torch.Tensor, input_ids: torch.Tensor, slot: torch.Tensor, num_base: int,
                             weight_rows: int, n_add: int, n_tokens: int, weight_dtype: torch.dtype,
                             add_dtype: torch.dtype, tokens_dtype: torch.dtype, need_w: bool, need_a: bool,
