@@ -105,7 +105,9 @@ def test_media_kv_folds_norm_media_affine(model):
     try:
         x = torch.randn(11, DIM, dtype=torch.float64) * 3 + 1
         x_hat = torch.nn.functional.layer_norm(x, (DIM,), eps=attn.norm_media.eps)
-        assert rel_err(attn.media_kv(x_hat), attn.to_kv(attn.norm_media(x))) < 1e-12
+        k, v = attn.media_kv(x_hat)
+        assert k.shape == v.shape == (11, attn.heads, attn.dim_head)
+        assert rel_err(torch.cat([k.flatten(1), v.flatten(1)], 1), attn.to_kv(attn.norm_media(x))) < 1e-12
     finally:
         attn.float()
 
@@ -166,7 +168,10 @@ def test_attention_block_copies_no_projection_sized_tensor(model):
     """With the Triton op (interpreter on CPU), a perceiver attention block's forward + backward makes no copy
     of a (tiles, latents, heads·dim_head) tensor: the op's output and its q / latent gradients come in the
     projections' layout, so the head-split views and the output reshape stay views (each such copy was a
-    tensor of 40 x 128 x 1536 per layer at the released size)."""
+    tensor of 40 x 128 x 1536 per layer at the released size). And it concatenates no key/value gradients:
+    keys and values come from the halves of to_kv's weight, so only the two weight halves' gradients are
+    concatenated (chunking one projection's output concatenated the media dK and dV, 22k x 3072 per layer at
+    the released size)."""
     if "triton" not in dispatch.available_backends("perceiver_attention_varlen"):
         pytest.skip("Triton backends not registered here")
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -176,14 +181,17 @@ def test_attention_block_copies_no_projection_sized_tensor(model):
     visible = perceiver_mod.pack_visible_media(media, mask, cfg.layer_norm_eps)
     latents = torch.randn(4, cfg.num_latents, DIM, generator=gen, requires_grad=True)
     projection_sized = 4 * cfg.num_latents * cfg.heads * cfg.dim_head
-    copies = []
+    copies, cats = [], []
 
     class Copies(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__
             if name in ("clone", "copy_", "_to_copy", "contiguous") and args[0].numel() == projection_sized:
                 copies.append((name, tuple(args[0].shape), args[0].stride()))
-            return func(*args, **(kwargs or {}))
+            out = func(*args, **(kwargs or {}))
+            if name == "cat":
+                cats.append(tuple(out.shape))
+            return out
 
     dispatch.set_backend("perceiver_attention_varlen", "triton")
     try:
@@ -192,3 +200,5 @@ def test_attention_block_copies_no_projection_sized_tensor(model):
     finally:
         dispatch.set_backend("perceiver_attention_varlen", None)
     assert not copies, copies
+    kv_weight = tuple(attn.to_kv.weight.shape)
+    assert cats and set(cats) <= {kv_weight, kv_weight[:1]}, cats  # the weight's and the folded bias's halves

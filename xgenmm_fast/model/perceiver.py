@@ -69,26 +69,33 @@ class PerceiverAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, H*d) -> (N, H, T, d)
         return x.view(x.shape[0], x.shape[1], self.heads, self.dim_head).transpose(1, 2)
 
-    def media_kv(self, media_hat: torch.Tensor) -> torch.Tensor:
-        """to_kv(norm_media(x)) from x̂ = the media normalized without affine: x̂ (W·diag γ)ᵀ + W β.
+    def media_kv(self, media_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values), each (rows, H, d): to_kv(norm_media(x)) from x̂ = the media normalized without affine,
+        x̂ (W·diag γ)ᵀ + W β.
 
         The fold is computed in at least fp32 and cast once to W's dtype (a (2·inner, D) product:
-        negligible). Autograd then gives dW = dW'·γ, dγ = Σ_rows dW' ∘ W, dβ = Wᵀ Σ_tokens dKV.
+        negligible). Autograd then gives dW = dW'·γ, dγ = Σ_rows dW' ∘ W, dβ = Wᵀ Σ_tokens dKV. Keys and
+        values are two projections on the halves of the folded weight rather than halves of one projection:
+        the backward of chunking that output concatenates the attention's dK and dV into one (rows, 2·inner)
+        gradient (a copy of the largest tensor of the layer); chunking the weight concatenates only the two
+        (inner, D) weight gradients.
         """
         w, gamma, beta = self.to_kv.weight, self.norm_media.weight, self.norm_media.bias
         acc = torch.promote_types(w.dtype, torch.float32)
         w_folded = (w.to(acc) * gamma.to(acc)).to(w.dtype)
         b_folded = (w.to(acc) @ beta.to(acc)).to(w.dtype)
-        return F.linear(media_hat.to(w.dtype), w_folded, b_folded)
+        x = media_hat.to(w.dtype)
+        return tuple(F.linear(x, wh, bh).view(x.shape[0], self.heads, self.dim_head)
+                     for wh, bh in zip(w_folded.chunk(2, dim=0), b_folded.chunk(2, dim=0)))
 
     def forward(self, media: VisibleMedia, latents: torch.Tensor) -> torch.Tensor:
         """media: the packed, normalized visible tokens of the N chunks; latents (N, L, D) -> (N, L, D)."""
         ln = self.norm_latents(latents)
         q = self._heads(self.to_q(ln))
-        # to_kv applied to each key source separately equals to_kv(cat(...)) row for row: no concat needed
-        k_media, v_media = (t.view(t.shape[0], self.heads, self.dim_head)  # (total_visible, H, d)
-                            for t in self.media_kv(media.tokens).chunk(2, dim=-1))
-        k_lat, v_lat = (self._heads(t) for t in self.to_kv(ln).chunk(2, dim=-1))
+        # to_kv applied to each key source separately equals to_kv(cat(...)) row for row: no concat needed;
+        # keys and values from the weight's halves (see media_kv): (total_visible, H, d) and (N, H, L, d)
+        k_media, v_media = self.media_kv(media.tokens)
+        k_lat, v_lat = (self._heads(F.linear(ln, wh)) for wh in self.to_kv.weight.chunk(2, dim=0))
         out = attention.perceiver_attention_varlen(q, k_media, v_media, media.cu, k_lat, v_lat, self.scale,
                                                    max_media=media.max_len)
         out = out.transpose(1, 2).reshape(latents.shape[0], latents.shape[1], -1)
