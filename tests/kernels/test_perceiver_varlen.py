@@ -29,8 +29,8 @@ def _cu(counts) -> torch.Tensor:
 
 
 def _inputs(N, H, L, T, D, dtype):
-    """Views as the model makes them: q/k_latent/v_latent (N, L, H, D) -> (N, H, L, D); k/v media the two
-    halves of one (T, 2·H·D) projection, viewed (T, H, D)."""
+    """Strided views: q/k_latent/v_latent (N, L, H, D) -> (N, H, L, D), as the model makes them; k/v media the
+    two halves of one (T, 2·H·D) tensor, viewed (T, H, D) (the model's are two contiguous projections)."""
     q, kl, vl = (leaf(torch.randn(N, L, H, D), dtype).transpose(1, 2) for _ in range(3))
     kv = leaf(torch.randn(T, 2 * H * D), dtype)
     km, vm = (t.view(T, H, D) for t in kv.chunk(2, dim=-1))

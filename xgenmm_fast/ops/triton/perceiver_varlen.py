@@ -9,7 +9,7 @@ each program reads its chunk's media key range, then the latents, with one onlin
 loops `_fwd_source` / `_dq_block` / `_dkdv_block` are shared with the masked kernel in
 perceiver_attention.py, called here without a mask and with the chunk's key range as the source).
 All chunks and heads run in one launch. Tensors may be strided views with a contiguous head dim (the
-model's k/v are halves of one to_kv output).
+model's q and latent k/v are (tile, head, latent) views of (tile, latent, head·D) projections).
 
 Backward: delta = rowsum(dO · O) (one pass, `_flash.backward_delta`), a dQ kernel over both sources, and one
 dK/dV launch whose programs cover, for each chunk, cdiv(max_media, BLOCK_N) media key blocks (those past the
@@ -150,7 +150,7 @@ def perceiver_varlen_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tenso
     # all written: dQ and the latent dK/dV cover L, the media dK/dV each chunk's [cu[b], cu[b + 1]), and
     # the chunks cover the media rows (cu_media from 0 to total_media). dQ and the latent dK/dV take q's
     # memory layout (the model's (tile, latent, head·D) projections: their views' autograd then copies
-    # nothing); the media dK/dV, halves of one to_kv output in the model, are contiguous.
+    # nothing); the media dK/dV are contiguous (total, H, D), as the model's media k/v projections are.
     dq, dkl, dvl = (_utils.unwritten_like(q) for _ in range(3))
     dkm, dvm = (_utils.unwritten(t.shape, t.dtype, q.device) for t in (k_media, v_media))
     do = lastdim_contig(do)  # the output projection's gradient, a (tile, head, latent) view
