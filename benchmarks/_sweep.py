@@ -10,9 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cuda_graph_ms  # noqa: E402
+from _common import cuda_graph_ms  # (benchmarks/ is on sys.path wherever _sweep itself imports)
 
 
 def device_problem(script: str, smoke: bool) -> str | None:

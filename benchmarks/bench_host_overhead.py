@@ -35,7 +35,6 @@ if not HAS_CUDA:  # the kernels are defined for the interpreter (never launched 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_output_args, emit, load_average, result, round_sig  # noqa: E402
 
 import bench_kernels  # noqa: E402  (its smoke cases)
