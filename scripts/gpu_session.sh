@@ -38,6 +38,15 @@ export XGENMM_SKIP_BUILD=1 GPU_BENCH_SKIP_KERNELS=1
 # one results file for the kernel rows (written by gpu_check.sh) and the end-to-end rows (gpu_bench.sh)
 export GPU_BENCH_OUT=$("$PY" benchmarks/_common.py path "$WORK/bench")
 rc_check=0 rc_bench=0
+
+# What comes back is what lies in OUTDIR when the call ends, also when the device tool stops it at its
+# limit: collect after each part, not only at the end (each collect overwrites the previous one).
+collect() {
+  cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$WORK"/check/sweep_attention_tiles.json \
+    "$WORK"/check/sweep_rms_norm.json "$WORK"/check/profile_kernels.json "$OUTDIR"/ 2>/dev/null
+  cat "$WORK"/check/steps.jsonl "$WORK"/bench/steps.jsonl >"$OUTDIR/steps.txt" 2>/dev/null
+  tar czf "$OUTDIR/logs.tar.gz" -C "$WORK" .
+}
 left=$(( BUDGET - ($(date +%s) - START) ))
 # gpu_check: at most GPU_SESSION_CHECK_S (default 300; its steps took ~200 s on an H200 without the sweep);
 # gpu_bench gets whatever is left when it is done
@@ -46,16 +55,14 @@ share=$(( left < ${GPU_SESSION_CHECK_S:-300} ? left : ${GPU_SESSION_CHECK_S:-300
 if [[ "$PARTS" == *check* ]]; then
   echo "== gpu_check ($share s)"
   GPU_CHECK_BUDGET_S=$share bash scripts/gpu_check.sh "$WORK/check"; rc_check=$?
+  collect
 fi
 left=$(( BUDGET - ($(date +%s) - START) ))
 if [[ "$PARTS" == *bench* ]]; then
   echo "== gpu_bench ($left s)"
   GPU_BENCH_BUDGET_S=$left bash scripts/gpu_bench.sh "$WORK/bench"; rc_bench=$?
 fi
-cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$WORK"/check/sweep_attention_tiles.json "$WORK"/check/sweep_rms_norm.json \
-  "$WORK"/check/profile_kernels.json "$OUTDIR"/ 2>/dev/null
-cat "$WORK"/check/steps.jsonl "$WORK"/bench/steps.jsonl >"$OUTDIR/steps.txt" 2>/dev/null
-tar czf "$OUTDIR/logs.tar.gz" -C "$WORK" .
+collect
 echo "== gpu_session: check rc=$rc_check, bench rc=$rc_bench, total $(( $(date +%s) - START ))s; in $OUTDIR:"
 ls "$OUTDIR"
 exit $(( rc_check != 0 || rc_bench != 0 ))

@@ -1,7 +1,8 @@
-"""The step runner of the benchmark and GPU scripts (scripts/lib/steps.sh) and gpu_session.sh's argument
-check, on the CPU: a step past its cap is stopped with SIGINT first (Python gets a KeyboardInterrupt, so
-pytest would still write its summary and junit XML), recorded as a timeout, and fails the script's status;
-a step with under 10 s left before the deadline is skipped and fails it too. ~10 s."""
+"""The step runner of the benchmark and GPU scripts (scripts/lib/steps.sh) and gpu_session.sh, on the CPU: a
+step past its cap is stopped with SIGINT first (Python gets a KeyboardInterrupt, so pytest would still write
+its summary and junit XML), recorded as a timeout, and fails the script's status; a step with under 10 s left
+before the deadline is skipped and fails it too; gpu_session.sh checks its arguments and leaves the kernel
+check's results in its output folder before the end-to-end part starts. ~30 s."""
 from __future__ import annotations
 
 import json
@@ -59,3 +60,35 @@ def test_gpu_session_rejects_unknown_parts(tmp_path):
                        capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, GPU_SESSION_PARTS="kernels"))
     assert p.returncode == 2 and "GPU_SESSION_PARTS: check, bench or check,bench; got kernels" in p.stdout
+
+
+def test_gpu_session_leaves_the_check_results_before_the_bench_part(tmp_path):
+    """What comes back from a device call is what lies in OUTDIR when the call ends, also when the device tool
+    stops it: gpu_session.sh collects the kernel check's steps and logs as soon as that part is done. A fake
+    python (every step succeeds at once, the first end-to-end benchmark hangs) and a kill mid-bench."""
+    import signal
+    import tarfile
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    'case "$*" in\n'
+                    '  *"_common.py path"*) echo "$3/fake.json" ;;\n'
+                    '  *"import xdist"*) exit 1 ;;\n'
+                    "  *bench_preprocess*) sleep 60 ;;\n"
+                    '  *) echo "fake: $*" ;;\n'
+                    "esac\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    p = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "gpu_session.sh"), str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                         env=dict(os.environ, PYTHON=str(fake), GPU_SESSION_BUDGET_S="200"))
+    try:
+        p.communicate(timeout=20)
+        raise AssertionError("the session should still be in its hanging bench step")
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # as the device tool's limit would
+        p.communicate()
+    steps = [json.loads(line)["step"] for line in (out / "steps.txt").read_text().splitlines()]
+    assert {"pytest_kernels", "pytest_model", "pytest_kernel_variants", "bench_kernels"} <= set(steps), steps
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("check/pytest_kernels.log") for n in names), names
