@@ -14,8 +14,12 @@ Shapes: Phi-3 (32 heads, head dim 96), bf16, causal, no window.
   backward kernel's tiles varied and the other at its default, so differences between rows are that
   kernel's; TFLOP/s over 3.5x the forward's FLOPs.
 Each candidate's tiles replace `_cfg`'s answer for that kernel only (the module's function is patched for
-the measurement); max_abs_diff compares its outputs (and gradients) with the default tiles'. A candidate that fails to compile or launch (shared memory, say) is recorded with its
-error. The defaults are measured first, so a cut-off sweep still has its reference row. Results: one JSON
+the measurement); max_abs_diff compares its outputs (and gradients) with the default tiles', and
+max_abs_err_fp32 with the plain-PyTorch reference run in fp32 on the same inputs: a row `agrees` when that
+error is at most AGREE_FACTOR times the default tiles' (a row that does not is a wrong kernel, never a
+default). `recommendations` (in the JSON and printed last): per kernel the fastest agreeing row against the
+current defaults, and every disagreeing row. A candidate that fails to compile or launch (shared memory,
+say) is recorded with its error. The defaults are measured first, so a cut-off sweep still has its reference row. Results: one JSON
 document (device, versions, date, commit, rows sorted per kernel), and a table on stdout.
 """
 from __future__ import annotations
@@ -36,6 +40,8 @@ from _sweep import error_text, exit_on_device_problem, header, timer  # noqa: E4
 import xgenmm_fast.ops.triton.perceiver_attention as pa  # noqa: E402
 import xgenmm_fast.ops.triton.perceiver_varlen as pv  # noqa: E402
 import xgenmm_fast.ops.triton.varlen_attention as va  # noqa: E402
+from xgenmm_fast.ops.attention import (perceiver_attention_varlen_reference,  # noqa: E402
+                                       varlen_attention_reference)
 
 FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
        for bm, bn, w, s in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 32, 8, 3),
@@ -57,6 +63,60 @@ PERCEIVER_DQ = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
                 for bm, bn, w, st in [(64, 32, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2)]]
 PERCEIVER_FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(128, 64, 8, 3), (64, 128, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3)]]
+
+# a candidate agrees when its largest error against the fp32 reference is at most this many times the default
+# tiles' (bf16: a differently ordered sum moves results by an ulp or two; a wrong kernel by far more: the H200
+# sweep of 2026-11-26 had dK/dV candidates 0.7 to 1.0 away from the default tiles, e.g. BLOCK_M 32 at 4 warps,
+# while the interpreter runs the same tiles to 1e-6 of the reference), plus a floor for fp32 (--smoke)
+AGREE_FACTOR = 4.0
+AGREE_FLOOR = 1e-5
+
+
+def max_abs_diff(got, want) -> float:
+    return max(((a.float() - b.float()).abs().max().item() for a, b in zip(got, want) if a.numel()), default=0.0)
+
+
+def agreement(err: float, default_err: float) -> dict:
+    """A row's error against the fp32 reference, next to the default tiles' error on the same problem."""
+    return {"max_abs_err_fp32": round_sig(err, 3),
+            "err_vs_default": round_sig(err / default_err, 3) if default_err > 0 else None,
+            "agrees": bool(err <= AGREE_FACTOR * default_err + AGREE_FLOOR)}
+
+
+def _settings(r: dict) -> str:
+    tiles = "default tiles" if r["tiles"] == "default" else " ".join(f"{k}={v}" for k, v in r["tiles"].items())
+    return f"{tiles}, split_head_dim={r['split_head_dim']}, dkdv_keys_major={r.get('dkdv_keys_major', False)}"
+
+
+def recommendations(rows: list[dict], defaults: dict) -> list[str]:
+    """Per family and kernel: the fastest row that agrees with the reference, against the current defaults
+    (`defaults`: family -> (split_head_dim, dkdv_keys_major)) timed on the same problem, and the rows that
+    do not agree. What to read before changing `_cfg`, SPLIT_HEAD_DIM or DKDV_KEYS_MAJOR; the switches
+    apply to every kernel of a family, so the fwd_bwd lines weigh them as a whole."""
+    lines = []
+    for family in ("lm", "perceiver"):
+        fam = [r for r in rows if r.get("family", "lm") == family and "ms" in r and r["heavy_first"]]
+        split0, keys0 = defaults[family]
+        # which timed problem each kernel's rows share: in the LM family the forward tiles are timed on the
+        # forward (4k) and the backward tiles on fwd+bwd; the perceiver's all on its fwd+bwd
+        problem = (lambda k: "fwd" if k == "fwd" else "fwd_bwd") if family == "lm" else (lambda k: "fwd_bwd")
+        for kernel in ("fwd_bwd", "fwd", "dkdv", "dq"):
+            same = [r for r in fam if problem(r["kernel"]) == problem(kernel)
+                    and (r["kernel"] == kernel or r["tiles"] == "default")]
+            base = [r for r in same if r["tiles"] == "default" and r["split_head_dim"] == split0
+                    and r.get("dkdv_keys_major", False) == keys0]
+            ok = [r for r in same if r.get("agrees", True)]
+            if not base or not ok or (kernel != "fwd_bwd" and not any(r["kernel"] == kernel for r in same)):
+                continue
+            best = min(ok, key=lambda r: r["ms"])
+            b = base[0]
+            lines.append(f"{family} {kernel}: fastest agreeing {_settings(best)}: {best['ms']} ms vs the defaults' "
+                         f"{b['ms']} ms ({b['ms'] / best['ms']:.2f}x)")
+    for r in rows:
+        if r.get("agrees") is False:
+            lines.append(f"DISAGREES {r.get('family', 'lm')} {r['kernel']} {_settings(r)}: max |err| "
+                         f"{r['max_abs_err_fp32']} vs fp32, {r['err_vs_default']}x the default tiles' (never a default)")
+    return lines
 
 
 def parse_args(argv=None):
@@ -90,7 +150,8 @@ def main(argv=None) -> int:
     def save():  # after every row: a sweep cut off by its time limit keeps what it measured
         doc = {**header(meta, "sweep_attention_tiles"), "heads": H, "head_dim": D,
                "shapes": {"fwd": f"{long_lens} causal", "fwd_bwd/dkdv/dq": f"{eq_lens} causal fwd+bwd"},
-               "seconds": round(time.time() - t_start, 1), "rows": rows}
+               "seconds": round(time.time() - t_start, 1), "agree_factor": AGREE_FACTOR,
+               "recommendations": recommendations(rows, defaults), "rows": rows}
         write_json_atomic(args.out, doc)
 
     t_start = time.time()
@@ -100,6 +161,8 @@ def main(argv=None) -> int:
     default_cfg, default_split, default_keys_major = va._cfg, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR
     default_perceiver_cfg, default_perceiver_split = pa._cfg, pa.SPLIT_HEAD_DIM
     default_perceiver_keys_major = pa.DKDV_KEYS_MAJOR
+    defaults = {"lm": (default_split, default_keys_major),
+                "perceiver": (default_perceiver_split, default_perceiver_keys_major)}
     rows = []
 
     def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False,
@@ -126,8 +189,9 @@ def main(argv=None) -> int:
             pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR = split, keys_major
         try:
             ms = timer_ms(fn)
-            row["max_abs_diff"] = round_sig(max((a.float() - b.float()).abs().max().item()
-                                                for a, b in zip(fn(), expected[fn])), 3)
+            got = fn()
+            row["max_abs_diff"] = round_sig(max_abs_diff(got, expected[fn]), 3)
+            row.update(agreement(max_abs_diff(got, reference[fn]), default_err[fn]))
             row.update(ms=round_sig(ms, 4), tflops=round_sig(flops / ms / 1e9, 4))
         except Exception as e:  # noqa: BLE001 -- a candidate that does not compile is a result too
             row["error"] = error_text(e)
@@ -180,6 +244,27 @@ def main(argv=None) -> int:
 
     expected = {fwd: fwd(), fwd_bwd: fwd_bwd(), perceiver_fwd_bwd: perceiver_fwd_bwd()}  # default tiles' outputs
 
+    def fp32_reference(leaves, ref_fn, grad):
+        """The same outputs (and gradients) from the plain-PyTorch reference in fp32 on the same inputs."""
+        x = [t.detach().float().requires_grad_(grad is not None) for t in leaves]
+        out = ref_fn(*x)
+        if grad is None:
+            return [out.detach()]
+        out.backward(grad.float())
+        return [out.detach()] + [t.grad for t in x]
+
+    reference = {
+        fwd: fp32_reference((q4, k4, v4), lambda q, k, v: varlen_attention_reference(q, k, v, cu4), None),
+        fwd_bwd: fp32_reference((q2, k2, v2), lambda q, k, v: varlen_attention_reference(q, k, v, cu2), g2),
+        perceiver_fwd_bwd: fp32_reference(
+            (pq, pkm, pvm, pkl, pvl),
+            lambda q, km, vm, kl, vl: perceiver_attention_varlen_reference(q, km, vm, cu_p, kl, vl, D ** -0.5,
+                                                                           max_media=PM), pg),
+    }
+    default_err = {fn: max_abs_diff(expected[fn], reference[fn]) for fn in expected}
+    if not args.smoke:
+        torch.cuda.empty_cache()
+
     measure("fwd", None, fwd, flops4)
     measure("fwd", None, fwd, flops4, split=True)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2)
@@ -202,13 +287,15 @@ def main(argv=None) -> int:
                 measure(kernel, tiles, fn, fl, split=split)
 
     save()
-    print(f"{'kernel':7s} {'tiles':44s} {'heavy':>5s} {'split':>5s} {'k-maj':>5s} {'ms':>8s} {'TFLOP/s':>8s} max|diff|")
-    for r in sorted(rows, key=lambda r: (r["kernel"], r.get("ms", 1e9))):
+    print(f"{'family':9s} {'kernel':7s} {'tiles':44s} {'heavy':>5s} {'split':>5s} {'k-maj':>5s} {'ms':>8s} "
+          f"{'TFLOP/s':>8s} {'agrees':>6s} err/default")
+    for r in sorted(rows, key=lambda r: (r.get("family", "lm"), r["kernel"], r.get("ms", 1e9))):
         t = "default" if r["tiles"] == "default" else " ".join(f"{k}={v}" for k, v in r["tiles"].items())
-        print(f"{r['kernel']:7s} {t:44s} {str(r['heavy_first']):>5s} {str(r['split_head_dim']):>5s} "
-              f"{str(r.get('dkdv_keys_major', False)):>5s} "
-              f"{r.get('ms', float('nan')):8.3f} "
-              f"{r.get('tflops', float('nan')):8.1f} {r.get('max_abs_diff', '')} {r.get('error', '')}")
+        print(f"{r.get('family', 'lm'):9s} {r['kernel']:7s} {t:44s} {str(r['heavy_first']):>5s} "
+              f"{str(r['split_head_dim']):>5s} {str(r.get('dkdv_keys_major', False)):>5s} "
+              f"{r.get('ms', float('nan')):8.3f} {r.get('tflops', float('nan')):8.1f} "
+              f"{str(r.get('agrees', '')):>6s} {r.get('err_vs_default', '')} {r.get('error', '')}")
+    print("\n".join(recommendations(rows, defaults)))
     return 0
 
 

@@ -39,3 +39,39 @@ def test_smoke_rows_and_restored_module(tmp_path):
     for r in rows:
         assert "error" not in r, r
         assert r["ms"] > 0 and r["max_abs_diff"] < 1e-4, r  # fp32: candidates agree with the default tiles
+        assert r["agrees"] and r["max_abs_err_fp32"] < 1e-4, r  # ... and with the fp32 reference
+    assert any(line.startswith("lm fwd_bwd: fastest agreeing") for line in doc["recommendations"])
+    assert not any(line.startswith("DISAGREES") for line in doc["recommendations"])
+
+
+def test_agreement_flags_a_row_far_from_the_reference():
+    assert sweep.agreement(0.031, 0.0156)["agrees"]  # an ulp or so of bf16 further than the default tiles
+    row = sweep.agreement(0.7, 0.0156)  # the H200 sweep's wrong dK/dV candidates
+    assert not row["agrees"] and row["err_vs_default"] == pytest.approx(44.9, rel=1e-2)
+    assert sweep.agreement(3e-7, 0.0)["agrees"] and not sweep.agreement(1e-3, 0.0)["agrees"]
+
+
+def _row(kernel, ms, tiles="default", split=False, keys_major=False, agrees=True, family=None):
+    r = {"kernel": kernel, "tiles": tiles, "heavy_first": True, "split_head_dim": split,
+         "dkdv_keys_major": keys_major, "ms": ms, "agrees": agrees, "max_abs_err_fp32": 0.01 if agrees else 0.7,
+         "err_vs_default": 1.0 if agrees else 45.0}
+    return r if family is None else {"family": family, **r}
+
+
+def test_recommendations_skip_disagreeing_rows_and_compare_with_the_current_defaults():
+    t = {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    u = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    rows = [_row("fwd_bwd", 6.0), _row("fwd_bwd", 5.0, split=True), _row("fwd", 1.4), _row("fwd", 1.2, split=True),
+            _row("dkdv", 4.0, tiles=t, agrees=False), _row("dkdv", 5.5, tiles=u),
+            _row("fwd_bwd", 2.0, family="perceiver")]
+    lines = sweep.recommendations(rows, {"lm": (False, False), "perceiver": (False, False)})
+    text = "\n".join(lines)
+    assert "lm fwd_bwd: fastest agreeing default tiles, split_head_dim=True" in text and "(1.20x)" in text
+    assert "lm fwd: fastest agreeing default tiles, split_head_dim=True, dkdv_keys_major=False: 1.2 ms" in text
+    # the disagreeing 4.0 ms candidate is not the dK/dV pick; the split default rows (5.0 ms) are faster
+    assert "lm dkdv: fastest agreeing default tiles, split_head_dim=True" in text
+    assert "DISAGREES lm dkdv BLOCK_M=32 BLOCK_N=64 num_warps=4 num_stages=2" in text
+    assert "perceiver fwd_bwd: fastest agreeing default tiles" in text and "lm dq" not in text
+    # the defaults' own row is the baseline: with split on as the default, the split row is 1.00x
+    lines = sweep.recommendations(rows, {"lm": (True, False), "perceiver": (False, False)})
+    assert any(ln.startswith("lm fwd_bwd") and ln.endswith("(1.00x)") for ln in lines)

@@ -174,7 +174,7 @@ def test_torch_compile_over_perceiver_varlen(seed):
 
 @pytest.mark.parametrize("blocks,split", [((32, 16), False), ((16, 32), False), ((32, 16), True)])
 def test_unequal_tiles_varlen_and_masked(blocks, split, monkeypatch, seed):
-    """The GPU's backward tiles are unequal (dK/dV 32 x 64, dQ 64 x 32): the same under the interpreter, fp32."""
+    """Unequal query and key tiles (the GPU's dQ tiles are 64 x 32) under the interpreter, fp32."""
     if DEVICE == "cuda":
         pytest.skip("interpreter tile sizes only")
     from xgenmm_fast.ops.triton import perceiver_attention as pa
@@ -207,6 +207,37 @@ def test_unequal_tiles_varlen_and_masked(blocks, split, monkeypatch, seed):
     om.backward(do)
     check("perceiver_masked_fwd", [om], [ref], TOL[torch.float32])
     check("perceiver_masked_bwd", [qm.grad, klm.grad, vlm.grad], [ins64[0].grad, ins64[3].grad, ins64[4].grad],
+          TOL_ATTN_BWD[torch.float32], GRAD_FLOOR)
+
+
+@pytest.mark.parametrize("tiles", [{"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 64)},
+                                   {"fwd": (64, 16), "dkdv": (16, 64), "dq": (32, 16)}])
+def test_tiles_per_kernel(tiles, monkeypatch, seed):
+    """Each kernel with tiles of its own, as on the GPU (INTERPRET_BLOCKS gives all the same), fp32."""
+    if DEVICE == "cuda":
+        pytest.skip("interpreter tile sizes only")
+    from xgenmm_fast.ops.triton import perceiver_attention as pa
+    from xgenmm_fast.ops.triton import perceiver_varlen as pv
+    default = pa._cfg
+
+    def cfg(d, kernel):
+        c = default(d, kernel)
+        c.update(BLOCK_M=tiles[kernel][0], BLOCK_N=tiles[kernel][1])
+        return c
+    monkeypatch.setattr(pa, "_cfg", cfg)
+    monkeypatch.setattr(pv, "_cfg", cfg)  # imported by name there
+    counts = [45, 0, 33, 70]
+    N, H, L, D, T = len(counts), 2, 40, 24, sum(counts)
+    cu = _cu(counts)
+    q, km, vm, kl, vl = _inputs(N, H, L, T, D, torch.float32)
+    o = perceiver_attention_varlen_triton(q, km, vm, cu, kl, vl, D ** -0.5)
+    do = torch.randn(o.shape)
+    o.backward(do)
+    ins64 = as64(q, km, vm, kl, vl)
+    ref = loop_reference(ins64[0], ins64[1], ins64[2], cu, ins64[3], ins64[4], D ** -0.5)
+    ref.backward(do.double())
+    check("perceiver_varlen_fwd", [o], [ref], TOL[torch.float32])
+    check("perceiver_varlen_bwd", [t.grad for t in (q, km, vm, kl, vl)], [t.grad for t in ins64],
           TOL_ATTN_BWD[torch.float32], GRAD_FLOOR)
 
 

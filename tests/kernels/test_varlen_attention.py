@@ -108,6 +108,31 @@ def test_varlen_attention_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, 
     _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
 
 
+@pytest.mark.parametrize("tiles", [
+    {"dkdv": (16, 64), "dq": (64, 16), "fwd": (32, 16)},  # dK/dV query tiles a quarter of its key tiles
+    {"dkdv": (32, 64), "dq": (16, 32), "fwd": (64, 32), "fwd_window": (16, 64)},
+    {"dkdv": (64, 16), "dq": (32, 64), "fwd": (16, 64), "fwd_window": (64, 16)},
+])
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", [([130, 70, 1], 2, 1, 16, None, True),
+                                                         ([130, 45], 2, 2, 24, 40, True),
+                                                         ([100, 3], 1, 1, 16, None, False)])
+def test_varlen_attention_tiles_per_kernel(lens, Hq, Hkv, D, window, causal, tiles, monkeypatch, seed):
+    """Each kernel with tiles of its own, as the GPU runs them (the forward's, dK/dV's and dQ's differ there;
+    INTERPRET_BLOCKS gives all the same): the backward must not depend on the forward's tiling."""
+    if DEVICE == "cuda":
+        pytest.skip("interpreter tile sizes only (the GPU's are fixed); the CASES above run on the GPU")
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    default = mod._cfg
+
+    def cfg(d, kernel):
+        c = default(d, kernel)
+        if kernel in tiles:
+            c.update(BLOCK_M=tiles[kernel][0], BLOCK_N=tiles[kernel][1])
+        return c
+    monkeypatch.setattr(mod, "_cfg", cfg)
+    _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
+
+
 @pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
 @pytest.mark.parametrize("dtype", VARIANT_DTYPES)
 @VARIANT
