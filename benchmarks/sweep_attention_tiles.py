@@ -35,7 +35,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from _common import round_sig, run_metadata, write_json_atomic  # noqa: E402
-from _sweep import error_text, exit_on_device_problem, header, timer  # noqa: E402
+from _sweep import (AGREE_FACTOR, agreement, error_text, exit_on_device_problem, header,  # noqa: E402
+                    max_abs_diff, timer)
 
 import xgenmm_fast.ops.triton.perceiver_attention as pa  # noqa: E402
 import xgenmm_fast.ops.triton.perceiver_varlen as pv  # noqa: E402
@@ -63,25 +64,6 @@ PERCEIVER_DQ = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
                 for bm, bn, w, st in [(64, 32, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2)]]
 PERCEIVER_FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(128, 64, 8, 3), (64, 128, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3)]]
-
-# a candidate agrees when its largest error against the fp32 reference is at most this many times the default
-# tiles' (bf16: a differently ordered sum moves results by an ulp or two; a wrong kernel by far more: the H200
-# sweep of 2026-11-26 had dK/dV candidates 0.7 to 1.0 away from the default tiles, e.g. BLOCK_M 32 at 4 warps,
-# while the interpreter runs the same tiles to 1e-6 of the reference), plus a floor for fp32 (--smoke)
-AGREE_FACTOR = 4.0
-AGREE_FLOOR = 1e-5
-
-
-def max_abs_diff(got, want) -> float:
-    return max(((a.float() - b.float()).abs().max().item() for a, b in zip(got, want) if a.numel()), default=0.0)
-
-
-def agreement(err: float, default_err: float) -> dict:
-    """A row's error against the fp32 reference, next to the default tiles' error on the same problem."""
-    return {"max_abs_err_fp32": round_sig(err, 3),
-            "err_vs_default": round_sig(err / default_err, 3) if default_err > 0 else None,
-            "agrees": bool(err <= AGREE_FACTOR * default_err + AGREE_FLOOR)}
-
 
 def _settings(r: dict) -> str:
     tiles = "default tiles" if r["tiles"] == "default" else " ".join(f"{k}={v}" for k, v in r["tiles"].items())

@@ -6,8 +6,9 @@ Exploration for choosing BWD_TUNING, like sweep_attention_tiles.py for the atten
 
     python benchmarks/sweep_rms_norm.py --out /tmp/rms.json [--budget-s 40] [--rep-ms 50]
 
-Each candidate is compared with the default options' dx and dweight (max_abs_diff); the defaults are
-measured first. Writes one JSON document (device, versions, date, commit, rows) after every row and a table
+Each candidate is compared with the default options' dx and dweight (max_abs_diff) and with the fp32
+reference's (`agrees`: within _sweep.AGREE_FACTOR times the defaults' error; a row that does not is a
+wrong kernel, never a default); the defaults are measured first. Writes one JSON document (device, versions, date, commit, rows) after every row and a table
 on stdout. --smoke: CPU under TRITON_INTERPRET=1, tiny shapes, a few candidates.
 """
 from __future__ import annotations
@@ -23,9 +24,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from _common import round_sig, run_metadata, write_json_atomic  # noqa: E402
-from _sweep import error_text, exit_on_device_problem, header, timer  # noqa: E402
+from _sweep import agreement, error_text, exit_on_device_problem, header, max_abs_diff, timer  # noqa: E402
 
 import xgenmm_fast.ops.triton.rms_norm as rn  # noqa: E402
+from xgenmm_fast.ops.norms import rms_norm_reference  # noqa: E402
 
 # Static model (scripts/triton_sm90_check.py's CTA/SM, 16384 x 3072 bf16): the default (1 row per step, 16
 # warps) has 72 registers, one program per SM and one row's loads in flight per SM; the candidates raise the
@@ -80,6 +82,11 @@ def main(argv=None) -> int:
     default = dict(rn.BWD_TUNING)
     expected = fwd_bwd()
     expected = [t.clone() for t in expected]
+    x32, w32 = (t.detach().float().requires_grad_() for t in (x, w))
+    rms_norm_reference(x32, w32, 1e-5).backward(dy.float())
+    reference = [x32.grad, w32.grad]
+    default_err = max_abs_diff(expected, reference)
+    del x32, w32
     rows = []
     meta = run_metadata()
     t_start = time.time()
@@ -105,8 +112,8 @@ def main(argv=None) -> int:
                 row.update(timer="do_bench", graph_error=error_text(e))
             got = fwd_bwd()
             row.update(ms=round_sig(ms, 4), eager_ms=round_sig(eager, 4), gbps=round_sig(nbytes / ms / 1e6, 4),
-                       max_abs_diff=round_sig(max((g.float() - e.float()).abs().max().item()
-                                                  for g, e in zip(got, expected)), 3))
+                       max_abs_diff=round_sig(max_abs_diff(got, expected), 3),
+                       **agreement(max_abs_diff(got, reference), default_err))
             if copy_gbps:
                 row["frac_copy"] = round_sig(row["gbps"] / copy_gbps, 3)
         except Exception as e:  # noqa: BLE001 -- a candidate that does not compile is a result too
@@ -119,13 +126,14 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
     save()
     print(f"{'rows/step':>9s} {'prefetch':>8s} {'prog/SM':>7s} {'warps':>5s} {'maxreg':>6s} {'ms':>8s} {'GB/s':>8s} "
-          f"{'%copy':>6s} max|diff|")
+          f"{'%copy':>6s} {'agrees':>6s} err/default")
     for r in sorted(rows, key=lambda r: r.get("ms", 1e9)):
         o = r["options"]
         print(f"{o['rows_per_step']:9d} {str(o.get('prefetch', False)):>8s} {o['programs_per_sm']:7d} "
               f"{str(o['num_warps']):>5s} {str(o.get('max_registers')):>6s} "
               f"{r.get('ms', float('nan')):8.3f} {r.get('gbps', float('nan')):8.1f} "
-              f"{100 * r.get('frac_copy', float('nan')):6.1f} {r.get('max_abs_diff', '')} {r.get('error', '')}")
+              f"{100 * r.get('frac_copy', float('nan')):6.1f} {str(r.get('agrees', '')):>6s} "
+              f"{r.get('err_vs_default', '')} {r.get('error', '')}")
     return 0
 
 

@@ -30,4 +30,5 @@ def test_smoke_rows_and_restored_options(tmp_path):
     for r in rows:
         assert "error" not in r, r
         assert r["ms"] > 0 and r["max_abs_diff"] < 1e-4, r
+        assert r["agrees"] and r["max_abs_err_fp32"] < 1e-4, r  # fp32: against the reference too
         assert r["eager_ms"] > 0 and r["timer"] == "one call (smoke)", r  # on a GPU: "cuda_graph"
