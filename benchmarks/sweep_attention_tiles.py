@@ -1,6 +1,6 @@
 """Tile sweep for the varlen attention kernels on a GPU: which (BLOCK_M, BLOCK_N, warps, stages) is fastest
-per kernel, what the heavy-first block order buys, and whether the two-part head dim (SPLIT_HEAD_DIM) and the
-keys-major dK/dV scores (DKDV_KEYS_MAJOR) pay.
+per kernel, what the heavy-first block order buys, and whether the two-part head dim (SPLIT_HEAD_DIM), the
+keys-major dK/dV scores (DKDV_KEYS_MAJOR) and dQ by atomic adds from the dK/dV kernel (ATOMIC_DQ) pay.
 Exploration for choosing `_cfg` in xgenmm_fast/ops/triton/varlen_attention.py; bench_kernels.py measures the
 chosen tiles against baselines.
 
@@ -10,7 +10,7 @@ Shapes: Phi-3 (32 heads, head dim 96), bf16, causal, no window.
 - fwd: 4 x 4096 tokens (bench_kernels' varlen_attn_fwd/4k); TFLOP/s counts the visible half (QKᵀ and PV).
 - perceiver (family "perceiver"): the perceiver's varlen attention fwd+bwd as the model runs it (40 tiles,
   16 heads, 128 latents, 729 media tokens, 24% masked), its dkdv / dq / fwd tiles varied one at a time.
-- fwd_bwd (defaults, both block orders), dkdv, dq: 8 x 2048 tokens (bench_kernels' equal_length row); the forward + backward is timed with one
+- fwd_bwd (defaults, both block orders, each switch), dkdv, dq, dkdv_atomic_dq: 8 x 2048 tokens (bench_kernels' equal_length row); the forward + backward is timed with one
   backward kernel's tiles varied and the other at its default, so differences between rows are that
   kernel's; TFLOP/s over 3.5x the forward's FLOPs.
 Each candidate's tiles replace `_cfg`'s answer for that kernel only (the module's function is patched for
@@ -55,6 +55,9 @@ DQ = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
       for bm, bn, w, s in [(64, 32, 8, 2), (64, 32, 4, 2), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 2),
                            (64, 64, 4, 2), (128, 64, 8, 2), (64, 16, 4, 2), (32, 64, 4, 2)]]
 
+# ATOMIC_DQ's dK/dV kernel (its default 32 x 64 at 8 warps is the one spill-free at sm_90; these spill 224-976 B)
+ATOMIC_DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+               for bm, bn, w, s in [(64, 64, 8, 2), (64, 64, 4, 2), (32, 32, 4, 2)]]
 
 # the perceiver (128 queries per tile: a dK/dV program sees all of them in one or two query tiles)
 PERCEIVER_DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
@@ -65,28 +68,30 @@ PERCEIVER_DQ = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
 PERCEIVER_FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(128, 64, 8, 3), (64, 128, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3)]]
 
+SWITCHES = ("split_head_dim", "dkdv_keys_major", "atomic_dq")  # module switches a row may set (absent: off)
+
+
 def _settings(r: dict) -> str:
     tiles = "default tiles" if r["tiles"] == "default" else " ".join(f"{k}={v}" for k, v in r["tiles"].items())
-    return f"{tiles}, split_head_dim={r['split_head_dim']}, dkdv_keys_major={r.get('dkdv_keys_major', False)}"
+    return ", ".join([tiles] + [f"{k}={r.get(k, False)}" for k in SWITCHES])
 
 
 def recommendations(rows: list[dict], defaults: dict) -> list[str]:
     """Per family and kernel: the fastest row that agrees with the reference, against the current defaults
-    (`defaults`: family -> (split_head_dim, dkdv_keys_major)) timed on the same problem, and the rows that
-    do not agree. What to read before changing `_cfg`, SPLIT_HEAD_DIM or DKDV_KEYS_MAJOR; the switches
+    (`defaults`: family -> {switch: value}, SWITCHES) timed on the same problem, and the rows that do not
+    agree. What to read before changing `_cfg`, SPLIT_HEAD_DIM, DKDV_KEYS_MAJOR or ATOMIC_DQ; the switches
     apply to every kernel of a family, so the fwd_bwd lines weigh them as a whole."""
     lines = []
     for family in ("lm", "perceiver"):
         fam = [r for r in rows if r.get("family", "lm") == family and "ms" in r and r["heavy_first"]]
-        split0, keys0 = defaults[family]
         # which timed problem each kernel's rows share: in the LM family the forward tiles are timed on the
         # forward (4k) and the backward tiles on fwd+bwd; the perceiver's all on its fwd+bwd
         problem = (lambda k: "fwd" if k == "fwd" else "fwd_bwd") if family == "lm" else (lambda k: "fwd_bwd")
-        for kernel in ("fwd_bwd", "fwd", "dkdv", "dq"):
+        for kernel in ("fwd_bwd", "fwd", "dkdv", "dq", "dkdv_atomic_dq"):
             same = [r for r in fam if problem(r["kernel"]) == problem(kernel)
                     and (r["kernel"] == kernel or r["tiles"] == "default")]
-            base = [r for r in same if r["tiles"] == "default" and r["split_head_dim"] == split0
-                    and r.get("dkdv_keys_major", False) == keys0]
+            base = [r for r in same if r["tiles"] == "default"
+                    and all(r.get(k, False) == v for k, v in defaults[family].items())]
             ok = [r for r in same if r.get("agrees", True)]
             if not base or not ok or (kernel != "fwd_bwd" and not any(r["kernel"] == kernel for r in same)):
                 continue
@@ -143,16 +148,21 @@ def main(argv=None) -> int:
     default_cfg, default_split, default_keys_major = va._cfg, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR
     default_perceiver_cfg, default_perceiver_split = pa._cfg, pa.SPLIT_HEAD_DIM
     default_perceiver_keys_major = pa.DKDV_KEYS_MAJOR
-    defaults = {"lm": (default_split, default_keys_major),
-                "perceiver": (default_perceiver_split, default_perceiver_keys_major)}
+    default_atomic_dq = va.ATOMIC_DQ
+    defaults = {"lm": {"split_head_dim": default_split, "dkdv_keys_major": default_keys_major,
+                       "atomic_dq": default_atomic_dq},
+                "perceiver": {"split_head_dim": default_perceiver_split,
+                              "dkdv_keys_major": default_perceiver_keys_major}}
     rows = []
 
     def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False,
-                family: str = "lm", keys_major: bool = False):
+                family: str = "lm", keys_major: bool = False, atomic_dq: bool = False):
         if time.time() - t_start > args.budget_s:
             return
         row = {"kernel": kernel, "tiles": tiles or "default", "heavy_first": heavy_first, "split_head_dim": split,
                "dkdv_keys_major": keys_major}
+        if family == "lm":
+            row["atomic_dq"] = atomic_dq
         if family != "lm":
             row = {"family": family, **row}
 
@@ -165,7 +175,7 @@ def main(argv=None) -> int:
             return cfg
         if family == "lm":
             va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = patched(default_cfg), heavy_first, split
-            va.DKDV_KEYS_MAJOR = keys_major
+            va.DKDV_KEYS_MAJOR, va.ATOMIC_DQ = keys_major, atomic_dq
         else:  # perceiver_varlen imported perceiver_attention's _cfg by name: patch both
             pa._cfg = pv._cfg = patched(default_perceiver_cfg)
             pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR = split, keys_major
@@ -181,7 +191,7 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
         finally:
             va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = default_cfg, True, default_split
-            va.DKDV_KEYS_MAJOR = default_keys_major
+            va.DKDV_KEYS_MAJOR, va.ATOMIC_DQ = default_keys_major, default_atomic_dq
             pa._cfg = pv._cfg = default_perceiver_cfg
             pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR = default_perceiver_split, default_perceiver_keys_major
         rows.append(row)
@@ -253,6 +263,8 @@ def main(argv=None) -> int:
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, keys_major=True)  # dK/dV scores as K·Qᵀ (DKDV_KEYS_MAJOR)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True, keys_major=True)
+    measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, atomic_dq=True)  # dQ by atomic adds (ATOMIC_DQ)
+    measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True, atomic_dq=True)
     measure("fwd", None, fwd, flops4, heavy_first=False)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, heavy_first=False)
     measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver")
@@ -262,6 +274,9 @@ def main(argv=None) -> int:
     for kernel, cands in (("dkdv", PERCEIVER_DKDV), ("dq", PERCEIVER_DQ), ("fwd", PERCEIVER_FWD)):
         for tiles in cands[:1] if args.smoke else cands:
             measure(kernel, tiles, perceiver_fwd_bwd, pflops, family="perceiver")
+    for split in (False, True):  # ATOMIC_DQ's dK/dV kernel at other tiles
+        for tiles in ATOMIC_DKDV[:1] if args.smoke else ATOMIC_DKDV:
+            measure("dkdv_atomic_dq", tiles, fwd_bwd, 3.5 * flops2, split=split, atomic_dq=True)
     for split in (True, False):  # the two-part head dim first: the padded tiles were swept on 2026-11-26
         for kernel, cands, fn, fl in (("fwd", FWD, fwd, flops4), ("dkdv", DKDV, fwd_bwd, 3.5 * flops2),
                                       ("dq", DQ, fwd_bwd, 3.5 * flops2)):
@@ -269,12 +284,14 @@ def main(argv=None) -> int:
                 measure(kernel, tiles, fn, fl, split=split)
 
     save()
-    print(f"{'family':9s} {'kernel':7s} {'tiles':44s} {'heavy':>5s} {'split':>5s} {'k-maj':>5s} {'ms':>8s} "
+    print(f"{'family':9s} {'kernel':14s} {'tiles':44s} {'heavy':>5s} {'split':>5s} {'k-maj':>5s} {'atomic':>6s} "
+          f"{'ms':>8s} "
           f"{'TFLOP/s':>8s} {'agrees':>6s} err/default")
     for r in sorted(rows, key=lambda r: (r.get("family", "lm"), r["kernel"], r.get("ms", 1e9))):
         t = "default" if r["tiles"] == "default" else " ".join(f"{k}={v}" for k, v in r["tiles"].items())
-        print(f"{r.get('family', 'lm'):9s} {r['kernel']:7s} {t:44s} {str(r['heavy_first']):>5s} "
+        print(f"{r.get('family', 'lm'):9s} {r['kernel']:14s} {t:44s} {str(r['heavy_first']):>5s} "
               f"{str(r['split_head_dim']):>5s} {str(r.get('dkdv_keys_major', False)):>5s} "
+              f"{str(r.get('atomic_dq', False)):>6s} "
               f"{r.get('ms', float('nan')):8.3f} {r.get('tflops', float('nan')):8.1f} "
               f"{str(r.get('agrees', '')):>6s} {r.get('err_vs_default', '')} {r.get('error', '')}")
     print("\n".join(recommendations(rows, defaults)))

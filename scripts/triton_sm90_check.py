@@ -157,6 +157,19 @@ def _workloads():
         finally:
             va.DKDV_KEYS_MAJOR, va.SPLIT_HEAD_DIM = before
 
+    def varlen_attention_atomic_dq():  # dQ by atomic adds from the dK/dV kernel (ATOMIC_DQ, off by default)
+        from xgenmm_fast.ops.triton import varlen_attention as va
+        before = va.ATOMIC_DQ, va.SPLIT_HEAD_DIM
+        try:
+            cu = torch.tensor([0, 70, 75], dtype=torch.int32)
+            for split in (False, True):
+                va.ATOMIC_DQ, va.SPLIT_HEAD_DIM = True, split
+                for window in (33, None):
+                    fwd_bwd(varlen_attention_triton(leaf(75, 2, 96), leaf(75, 2, 96), leaf(75, 2, 96), cu,
+                                                    sliding_window=window))
+        finally:
+            va.ATOMIC_DQ, va.SPLIT_HEAD_DIM = before
+
     def perceiver():
         n, hh, lat, m, d = 2, 2, 16, 40, 96
         mask = torch.ones(n, m, dtype=torch.long)
@@ -193,7 +206,8 @@ def _workloads():
     return [("rms_norm", rms), ("swiglu", swiglu), ("rope", rope), ("fused_linear_ce", linear_ce),
             ("varlen_attention", varlen_attention),
             ("varlen_attention_split_head_dim", varlen_attention_split_head_dim),
-            ("varlen_attention_keys_major", varlen_attention_keys_major), ("perceiver", perceiver),
+            ("varlen_attention_keys_major", varlen_attention_keys_major),
+            ("varlen_attention_atomic_dq", varlen_attention_atomic_dq), ("perceiver", perceiver),
             ("perceiver_split_head_dim", perceiver_split_head_dim), ("perceiver_keys_major", perceiver_keys_major),
             ("vision_merge", vision_merge)]
 
@@ -309,7 +323,8 @@ def _constexpr_text(constexprs: dict, options: dict) -> str:
     """Tiles as M=64,N=64,..., the switches that are on by name (causal, window, keys_major, ...), maxnreg."""
     parts = [f"{k.replace('BLOCK_', '')}={v}" for k, v in constexprs.items() if k.startswith("BLOCK")]
     parts += [k.lower().replace("has_", "") for k, v in constexprs.items() if v is True and k in (
-        "CAUSAL", "HAS_WINDOW", "VARLEN", "HAS_MASK", "BACKWARD", "WRITE_GRAD", "KEYS_MAJOR", "PREFETCH")]
+        "CAUSAL", "HAS_WINDOW", "VARLEN", "HAS_MASK", "BACKWARD", "WRITE_GRAD", "KEYS_MAJOR", "ATOMIC_DQ",
+        "PREFETCH")]
     if options.get("maxnreg"):
         parts.append(f"maxnreg={options['maxnreg']}")
     return ",".join(parts)

@@ -21,14 +21,16 @@ def test_smoke_rows_and_restored_module(tmp_path):
     def state():
         return (va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR, pa._cfg, pv._cfg, pa.SPLIT_HEAD_DIM,
                 pa.DKDV_KEYS_MAJOR)
-    before = state()
+    before = state() + (va.ATOMIC_DQ,)
     out = tmp_path / "sweep.json"
     assert sweep.main(["--smoke", "--out", str(out)]) == 0
-    assert state() == before
+    assert state() + (va.ATOMIC_DQ,) == before
     doc = json.loads(out.read_text())
     assert doc["script"] == "sweep_attention_tiles" and doc["device"] and doc["date"]
     rows = doc["rows"]
-    assert {r["kernel"] for r in rows} == {"fwd", "fwd_bwd", "dkdv", "dq"}
+    assert {r["kernel"] for r in rows} == {"fwd", "fwd_bwd", "dkdv", "dq", "dkdv_atomic_dq"}
+    assert {(r["split_head_dim"], r["atomic_dq"]) for r in rows if r["kernel"] in ("fwd_bwd", "dkdv_atomic_dq")
+            and r.get("family") is None} >= {(False, True), (True, True)}
     assert {r["heavy_first"] for r in rows if r["tiles"] == "default"} == {True, False}
     assert {r["split_head_dim"] for r in rows if r["kernel"] in ("dkdv", "dq")} == {True, False}
     assert {(r["split_head_dim"], r["dkdv_keys_major"]) for r in rows if r["kernel"] == "fwd_bwd"
@@ -51,10 +53,12 @@ def test_agreement_flags_a_row_far_from_the_reference():
     assert sweep.agreement(3e-7, 0.0)["agrees"] and not sweep.agreement(1e-3, 0.0)["agrees"]
 
 
-def _row(kernel, ms, tiles="default", split=False, keys_major=False, agrees=True, family=None):
+def _row(kernel, ms, tiles="default", split=False, keys_major=False, agrees=True, family=None, atomic=None):
     r = {"kernel": kernel, "tiles": tiles, "heavy_first": True, "split_head_dim": split,
          "dkdv_keys_major": keys_major, "ms": ms, "agrees": agrees, "max_abs_err_fp32": 0.01 if agrees else 0.7,
          "err_vs_default": 1.0 if agrees else 45.0}
+    if atomic is not None:
+        r["atomic_dq"] = atomic
     return r if family is None else {"family": family, **r}
 
 
@@ -64,14 +68,22 @@ def test_recommendations_skip_disagreeing_rows_and_compare_with_the_current_defa
     rows = [_row("fwd_bwd", 6.0), _row("fwd_bwd", 5.0, split=True), _row("fwd", 1.4), _row("fwd", 1.2, split=True),
             _row("dkdv", 4.0, tiles=t, agrees=False), _row("dkdv", 5.5, tiles=u),
             _row("fwd_bwd", 2.0, family="perceiver")]
-    lines = sweep.recommendations(rows, {"lm": (False, False), "perceiver": (False, False)})
+    off = {"split_head_dim": False, "dkdv_keys_major": False}
+    lines = sweep.recommendations(rows, {"lm": {**off, "atomic_dq": False}, "perceiver": off})
     text = "\n".join(lines)
     assert "lm fwd_bwd: fastest agreeing default tiles, split_head_dim=True" in text and "(1.20x)" in text
-    assert "lm fwd: fastest agreeing default tiles, split_head_dim=True, dkdv_keys_major=False: 1.2 ms" in text
+    assert "lm fwd: fastest agreeing default tiles, split_head_dim=True, dkdv_keys_major=False, atomic_dq=False: 1.2 ms" in text
     # the disagreeing 4.0 ms candidate is not the dK/dV pick; the split default rows (5.0 ms) are faster
     assert "lm dkdv: fastest agreeing default tiles, split_head_dim=True" in text
     assert "DISAGREES lm dkdv BLOCK_M=32 BLOCK_N=64 num_warps=4 num_stages=2" in text
     assert "perceiver fwd_bwd: fastest agreeing default tiles" in text and "lm dq" not in text
-    # the defaults' own row is the baseline: with split on as the default, the split row is 1.00x
-    lines = sweep.recommendations(rows, {"lm": (True, False), "perceiver": (False, False)})
-    assert any(ln.startswith("lm fwd_bwd") and ln.endswith("(1.00x)") for ln in lines)
+    # an ATOMIC_DQ row: faster, it is the fwd_bwd pick; its dK/dV tile candidate that disagrees is not
+    rows += [_row("fwd_bwd", 4.5, atomic=True), _row("dkdv_atomic_dq", 4.0, tiles=u, atomic=True, agrees=False)]
+    lines = sweep.recommendations(rows, {"lm": {**off, "atomic_dq": False}, "perceiver": off})
+    text = "\n".join(lines)
+    assert "lm fwd_bwd: fastest agreeing default tiles, split_head_dim=False, dkdv_keys_major=False, atomic_dq=True: " \
+           "4.5 ms vs the defaults' 6.0 ms (1.33x)" in text
+    assert "lm dkdv_atomic_dq: fastest agreeing default tiles" in text and "DISAGREES lm dkdv_atomic_dq" in text
+    # the defaults' own row is the baseline: with split on as the default, the split row (5.0 ms)
+    lines = sweep.recommendations(rows, {"lm": {**off, "split_head_dim": True, "atomic_dq": False}, "perceiver": off})
+    assert any(ln.startswith("lm fwd_bwd") and ln.endswith("4.5 ms vs the defaults' 5.0 ms (1.11x)") for ln in lines)

@@ -158,6 +158,40 @@ def test_varlen_attention_dkdv_keys_major_tile_ranges(lens, Hq, Hkv, D, window, 
     _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
 
 
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
+@pytest.mark.parametrize("dtype", VARIANT_DTYPES)
+@VARIANT
+def test_varlen_attention_atomic_dq(lens, Hq, Hkv, D, window, causal, dtype, monkeypatch, seed):
+    """dQ summed by the dK/dV kernel with atomic adds (ATOMIC_DQ): the same gradients, every case."""
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    monkeypatch.setattr(mod, "ATOMIC_DQ", True)
+    _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, dtype)
+
+
+@pytest.mark.parametrize("blocks,split", [((16, 16), False), ((32, 16), False), ((16, 32), False),
+                                          ((32, 16), True)])
+@pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", LONG_CASES)
+def test_varlen_attention_atomic_dq_tile_ranges(lens, Hq, Hkv, D, window, causal, blocks, split, monkeypatch, seed):
+    """ATOMIC_DQ over the masked / unmasked tile ranges and unequal tiles (fp32, interpreter tiles): every
+    (query tile, key block) pair adds its share once, rows past a sequence add nothing."""
+    if DEVICE == "cuda":
+        pytest.skip("interpreter tile sizes only (the GPU's are fixed); the CASES above run on the GPU")
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    monkeypatch.setattr(mod, "INTERPRET_BLOCKS", blocks)
+    monkeypatch.setattr(mod, "SPLIT_HEAD_DIM", split)
+    monkeypatch.setattr(mod, "ATOMIC_DQ", True)
+    _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
+
+
+def test_varlen_attention_atomic_dq_and_keys_major_refused(monkeypatch):
+    from xgenmm_fast.ops.triton import varlen_attention as mod
+    monkeypatch.setattr(mod, "ATOMIC_DQ", True)
+    monkeypatch.setattr(mod, "DKDV_KEYS_MAJOR", True)
+    q, k, v, cu = _pack([5], 2, 1, 16, torch.float32 if DEVICE == "cpu" else torch.bfloat16)
+    with pytest.raises(ValueError, match="ATOMIC_DQ and DKDV_KEYS_MAJOR"):
+        varlen_attention_triton(q, k, v, cu).sum().backward()
+
+
 @pytest.mark.parametrize("heavy_first", [True, False])
 @pytest.mark.parametrize("window", [None, 23])
 def test_varlen_attention_block_order(heavy_first, window, monkeypatch, seed):

@@ -31,8 +31,8 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
-from ._flash import (BACKWARD_TILES, backward_delta, dkdv_step, dkdv_step_keys_major, dot_t, dq_step, head_split,
-                     load_head, online_softmax_step, store_head, zeros_head)
+from ._flash import (BACKWARD_TILES, backward_delta, dkdv_dq_step, dkdv_step, dkdv_step_keys_major, dot_t, dq_step,
+                     head_split, load_head, online_softmax_step, store_head, zeros_head)
 from . import _utils
 from ._utils import interpreting, lastdim_contig, next_pow2, triton_custom_op, usable
 
@@ -176,15 +176,17 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SEQLEN_K,
 
 
 @triton.jit
-def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
-                stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, tile_lo, tile_hi,
+def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, DQACC, h, start, seqlen, offs_n, offs_m,
+                D, stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, stride_dqt, stride_dqh, qk_scale,
+                window, tile_lo, tile_hi,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
-                KEYS_MAJOR: tl.constexpr = False):
+                KEYS_MAJOR: tl.constexpr = False, ATOMIC_DQ: tl.constexpr = False):
     """dK/dV of one key block from the query tiles starting in [tile_lo, tile_hi) of q head h. Rows past
     the sequence load lse = +inf, hence p = 0, and keys past it are never stored: the unmasked tiles
     (every row sees every key of the block) need neither bound. KEYS_MAJOR: the scores as K·Qᵀ, (keys,
-    queries), the orientation dV and dK consume (`_flash.dkdv_step_keys_major`)."""
+    queries), the orientation dV and dK consume (`_flash.dkdv_step_keys_major`). ATOMIC_DQ: also add
+    dS · K into the fp32 DQACC ((total, Hq, D) strides stride_dqt, stride_dqh), so no dQ kernel runs."""
     for start_m in range(tile_lo, tile_hi, BLOCK_M):
         rows = start_m + offs_m
         mmask = rows[:, None] < seqlen
@@ -205,19 +207,24 @@ def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, st
             p = tl.exp2(qk - lse[:, None])
             if MASKED:
                 p = tl.where(_visible(rows, offs_n, seqlen, window, CAUSAL, HAS_WINDOW), p, 0.0)
-            dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b,
-                                               BLOCK_DB, PRECISION)
+            if ATOMIC_DQ:
+                dk_a, dk_b, dv_a, dv_b = dkdv_dq_step(p, delta, qa, qb, doa, dob, va, vb, ka, kb, dk_a, dk_b, dv_a,
+                                                      dv_b, DQACC + h * stride_dqh, rows_t, stride_dqt, mmask, D,
+                                                      BLOCK_DA, BLOCK_DB, PRECISION)
+            else:
+                dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b,
+                                                   BLOCK_DB, PRECISION)
     return dk_a, dk_b, dv_a, dv_b
 
 
 @triton.jit
-def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
+def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, CU,
                           stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                           stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
-                          qk_scale, sm_scale, window, GROUP, D,
+                          stride_dqt, stride_dqh, qk_scale, sm_scale, window, GROUP, D,
                           CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
-                          BLOCK_DB: tl.constexpr, KEYS_MAJOR: tl.constexpr = False):
+                          BLOCK_DB: tl.constexpr, KEYS_MAJOR: tl.constexpr = False, ATOMIC_DQ: tl.constexpr = False):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -254,17 +261,20 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU,
         for g in range(0, GROUP):
             h = hk * GROUP + g
             dk_a, dk_b, dv_a, dv_b = _dkdv_tiles(
-                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
-                stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, lo, mid_lo,
-                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
+                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, DQACC, h, start, seqlen, offs_n, offs_m,
+                D, stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, stride_dqt, stride_dqh, qk_scale,
+                window, lo, mid_lo,
+                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB, KEYS_MAJOR, ATOMIC_DQ)
             dk_a, dk_b, dv_a, dv_b = _dkdv_tiles(
-                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
-                stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, mid_lo, mid_hi,
-                False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
+                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, DQACC, h, start, seqlen, offs_n, offs_m,
+                D, stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, stride_dqt, stride_dqh, qk_scale,
+                window, mid_lo, mid_hi,
+                False, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB, KEYS_MAJOR, ATOMIC_DQ)
             dk_a, dk_b, dv_a, dv_b = _dkdv_tiles(
-                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, h, start, seqlen, offs_n, offs_m, D,
-                stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, qk_scale, window, mid_hi, hi,
-                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
+                dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, DQACC, h, start, seqlen, offs_n, offs_m,
+                D, stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h, stride_dqt, stride_dqh, qk_scale,
+                window, mid_hi, hi,
+                True, CAUSAL, HAS_WINDOW, PRECISION, BLOCK_M, BLOCK_DA, BLOCK_DB, KEYS_MAJOR, ATOMIC_DQ)
         store_head(DK + hk * stride_dkh, rows_n, stride_dkt, nmask, D, dk_a * sm_scale, dk_b * sm_scale,
                     BLOCK_DA, BLOCK_DB)
         store_head(DV + hk * stride_dvh, rows_n, stride_dvt, nmask, D, dv_a, dv_b, BLOCK_DA, BLOCK_DB)
@@ -357,11 +367,22 @@ SPLIT_HEAD_DIM = False
 # dK += dSᵀ·Q take, where the default transposes both per tile (through shared memory). Off until a GPU
 # benchmark says it pays (benchmarks/sweep_attention_tiles.py); tested both ways.
 DKDV_KEYS_MAJOR = False
+# dQ from the dK/dV kernel (FlashAttention-2's way): each (query tile, key block) pair adds its dS · K into an
+# fp32 buffer by atomic adds, and the dQ kernel, with its recompute of the scores and dP (two of the
+# backward's seven matmuls), does not run; one fp32 -> dtype pass follows. Not bit-reproducible (the order of
+# the adds varies). Off until a GPU benchmark says it pays (benchmarks/sweep_attention_tiles.py); tested both
+# ways. Not combined with DKDV_KEYS_MAJOR.
+ATOMIC_DQ = False
+# its dK/dV kernel's tiles ("dkdv_atomic_dq"): with the dQ tile on top of the dK/dV accumulators the 4-warp
+# default tiles spill ~2 KB per thread at head dim 96 (scripts/triton_sm90_check.py); 32 x 64 at 8 warps (the
+# pre-sweep dK/dV tiles, exact on the H200) is the only tried one without spills (0 B; 64 B split).
+# Unmeasured: the sweep times it and a few others.
+ATOMIC_DQ_TILES = dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
 
 
 def _cfg(D: int, kernel: str) -> dict:
     """Tile sizes and launch options per kernel: "fwd", "fwd_window" (the forward with a sliding window),
-    "dkdv", "dq". Small tiles under the interpreter (exercise several blocks cheaply). On the GPU: forward
+    "dkdv", "dq", "dkdv_atomic_dq" (the dK/dV kernel that also adds dQ, ATOMIC_DQ). Small tiles under the interpreter (exercise several blocks cheaply). On the GPU: forward
     128 x 64 (the windowed one 128 x 32 at head dims > 64: 128 x 64 spilled there), backward as measured
     fastest by benchmarks/sweep_attention_tiles.py (_flash.BACKWARD_TILES). In the H200 sweep the forward's
     128 x 128 was 4% faster but spills at sm_90 (scripts/triton_sm90_check.py); not taken."""
@@ -373,6 +394,8 @@ def _cfg(D: int, kernel: str) -> dict:
         return dict(BLOCK_M=bm, BLOCK_N=bn, **heads, num_warps=1, num_stages=1)
     if kernel in BACKWARD_TILES:
         return dict(BACKWARD_TILES[kernel], **heads)
+    if kernel == "dkdv_atomic_dq":
+        return dict(ATOMIC_DQ_TILES, **heads)
     if kernel == "fwd_window" and block_d > 64:
         return dict(BLOCK_M=128, BLOCK_N=32, **heads, num_warps=8, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, **heads, num_warps=4 if block_d <= 64 else 8, num_stages=3)
@@ -427,7 +450,12 @@ def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     # every row of every sequence is written (the dK/dV and dQ grids cover max_seqlen), and the sequences
     # cover [0, total): cu_seqlens runs from 0 to total (the forward leaves no row unwritten either)
-    dq = _utils.unwritten((total, Hq, D), q.dtype, q.device)
+    atomic_dq = ATOMIC_DQ
+    if atomic_dq and DKDV_KEYS_MAJOR:
+        raise ValueError("varlen_attention: ATOMIC_DQ and DKDV_KEYS_MAJOR are not combined; set one of them")
+    # with ATOMIC_DQ the dK/dV kernel sums dQ into an fp32 buffer (zeroed: every pair adds to it)
+    dq = (torch.zeros((total, Hq, D), dtype=torch.float32, device=q.device) if atomic_dq
+          else _utils.unwritten((total, Hq, D), q.dtype, q.device))
     dk = _utils.unwritten((total, Hkv, D), k.dtype, k.device)
     dv = _utils.unwritten((total, Hkv, D), v.dtype, v.device)
     do = lastdim_contig(do)
@@ -435,12 +463,14 @@ def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     delta = backward_delta(o.transpose(0, 1), do.transpose(0, 1),
                            torch.empty((Hq, total), dtype=torch.float32, device=q.device), interpreting())
     common = dict(CAUSAL=causal, HAS_WINDOW=window > 0, PRECISION=_precision(q.dtype))
-    c = _cfg(D, "dkdv")
+    c = _cfg(D, "dkdv_atomic_dq" if atomic_dq else "dkdv")
     wrap_triton(_attn_bwd_dkdv_kernel)[(triton.cdiv(max_seqlen, c["BLOCK_N"]), n_seq, Hkv)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens,
+        q, k, v, do, lse, delta, dk, dv, dq, cu_seqlens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-        dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
-        scale * LOG2E, scale, window, Hq // Hkv, D, KEYS_MAJOR=DKDV_KEYS_MAJOR, **common, **c)
+        dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), dq.stride(0), dq.stride(1),
+        scale * LOG2E, scale, window, Hq // Hkv, D, KEYS_MAJOR=DKDV_KEYS_MAJOR, ATOMIC_DQ=atomic_dq, **common, **c)
+    if atomic_dq:
+        return (dq * scale).to(q.dtype), dk, dv
     c = _cfg(D, "dq")
     wrap_triton(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen, c["BLOCK_M"]), n_seq, Hq)](
         q, k, v, do, lse, delta, dq, cu_seqlens,
