@@ -144,31 +144,22 @@ def _workloads():
         finally:
             va.SPLIT_HEAD_DIM = before
 
-    def varlen_attention_keys_major():  # the dK/dV kernel's scores as K·Qᵀ (DKDV_KEYS_MAJOR, off by default)
-        from xgenmm_fast.ops.triton import varlen_attention as va
-        before = va.DKDV_KEYS_MAJOR, va.SPLIT_HEAD_DIM
-        try:
-            cu = torch.tensor([0, 70, 75], dtype=torch.int32)
-            for split in (False, True):
-                va.DKDV_KEYS_MAJOR, va.SPLIT_HEAD_DIM = True, split
-                for window in (33, None):
-                    fwd_bwd(varlen_attention_triton(leaf(75, 2, 96), leaf(75, 2, 96), leaf(75, 2, 96), cu,
-                                                    sliding_window=window))
-        finally:
-            va.DKDV_KEYS_MAJOR, va.SPLIT_HEAD_DIM = before
-
-    def varlen_attention_atomic_dq():  # dQ by atomic adds from the dK/dV kernel (ATOMIC_DQ, off by default)
-        from xgenmm_fast.ops.triton import varlen_attention as va
-        before = va.ATOMIC_DQ, va.SPLIT_HEAD_DIM
-        try:
-            cu = torch.tensor([0, 70, 75], dtype=torch.int32)
-            for split in (False, True):
-                va.ATOMIC_DQ, va.SPLIT_HEAD_DIM = True, split
-                for window in (33, None):
-                    fwd_bwd(varlen_attention_triton(leaf(75, 2, 96), leaf(75, 2, 96), leaf(75, 2, 96), cu,
-                                                    sliding_window=window))
-        finally:
-            va.ATOMIC_DQ, va.SPLIT_HEAD_DIM = before
+    def varlen_attention_switch(name):  # an off-by-default backward switch on, with and without the split
+        def run():
+            from xgenmm_fast.ops.triton import varlen_attention as va
+            before = getattr(va, name), va.SPLIT_HEAD_DIM
+            try:
+                cu = torch.tensor([0, 70, 75], dtype=torch.int32)
+                for split in (False, True):
+                    setattr(va, name, True)
+                    va.SPLIT_HEAD_DIM = split
+                    for window in (33, None):
+                        fwd_bwd(varlen_attention_triton(leaf(75, 2, 96), leaf(75, 2, 96), leaf(75, 2, 96), cu,
+                                                        sliding_window=window))
+            finally:
+                setattr(va, name, before[0])
+                va.SPLIT_HEAD_DIM = before[1]
+        return run
 
     def perceiver():
         n, hh, lat, m, d = 2, 2, 16, 40, 96
@@ -206,8 +197,9 @@ def _workloads():
     return [("rms_norm", rms), ("swiglu", swiglu), ("rope", rope), ("fused_linear_ce", linear_ce),
             ("varlen_attention", varlen_attention),
             ("varlen_attention_split_head_dim", varlen_attention_split_head_dim),
-            ("varlen_attention_keys_major", varlen_attention_keys_major),
-            ("varlen_attention_atomic_dq", varlen_attention_atomic_dq), ("perceiver", perceiver),
+            # the dK/dV kernel's scores as K·Qᵀ (DKDV_KEYS_MAJOR), dQ by atomic adds (ATOMIC_DQ); both off
+            ("varlen_attention_keys_major", varlen_attention_switch("DKDV_KEYS_MAJOR")),
+            ("varlen_attention_atomic_dq", varlen_attention_switch("ATOMIC_DQ")), ("perceiver", perceiver),
             ("perceiver_split_head_dim", perceiver_split_head_dim), ("perceiver_keys_major", perceiver_keys_major),
             ("vision_merge", vision_merge)]
 

@@ -172,17 +172,10 @@ def test_torch_compile_over_perceiver_varlen(seed):
     assert abs(eager.item() - compiled.item()) <= 1e-3 * abs(eager.item()) + 1e-2
 
 
-@pytest.mark.parametrize("blocks,split", [((32, 16), False), ((16, 32), False), ((32, 16), True)])
-def test_unequal_tiles_varlen_and_masked(blocks, split, monkeypatch, seed):
-    """Unequal query and key tiles (the GPU's dQ tiles are 64 x 32) under the interpreter, fp32."""
-    if DEVICE == "cuda":
-        pytest.skip("interpreter tile sizes only")
-    from xgenmm_fast.ops.triton import perceiver_attention as pa
-    from xgenmm_fast.ops.triton.perceiver_attention import perceiver_attention_triton
-    monkeypatch.setattr(pa, "INTERPRET_BLOCKS", blocks)
-    monkeypatch.setattr(pa, "SPLIT_HEAD_DIM", split)
-    counts = [45, 0, 33, 64]
-    N, H, L, D, T = len(counts), 2, 40, 24, sum(counts)
+def _check_fp32_vs_loop(counts, H, L, D):
+    """The varlen op's forward and gradients against the per-tile loop reference (fp32 inputs, fp64 reference,
+    interpreter); returns the inputs, the output gradient, the fp64 leaves and the reference output."""
+    N, T = len(counts), sum(counts)
     cu = _cu(counts)
     q, km, vm, kl, vl = _inputs(N, H, L, T, D, torch.float32)
     o = perceiver_attention_varlen_triton(q, km, vm, cu, kl, vl, D ** -0.5)
@@ -194,6 +187,22 @@ def test_unequal_tiles_varlen_and_masked(blocks, split, monkeypatch, seed):
     check("perceiver_varlen_fwd", [o], [ref], TOL[torch.float32])
     check("perceiver_varlen_bwd", [t.grad for t in (q, km, vm, kl, vl)], [t.grad for t in ins64],
           TOL_ATTN_BWD[torch.float32], GRAD_FLOOR)
+    return q, km, vm, kl, vl, do, ins64, ref
+
+
+@pytest.mark.parametrize("blocks,split", [((32, 16), False), ((16, 32), False), ((32, 16), True)])
+def test_unequal_tiles_varlen_and_masked(blocks, split, monkeypatch, seed):
+    """Unequal query and key tiles (the GPU's dQ tiles are 64 x 32) under the interpreter, fp32."""
+    if DEVICE == "cuda":
+        pytest.skip("interpreter tile sizes only")
+    from xgenmm_fast.ops.triton import perceiver_attention as pa
+    from xgenmm_fast.ops.triton.perceiver_attention import perceiver_attention_triton
+    monkeypatch.setattr(pa, "INTERPRET_BLOCKS", blocks)
+    monkeypatch.setattr(pa, "SPLIT_HEAD_DIM", split)
+    counts = [45, 0, 33, 64]
+    N, H, L, D = len(counts), 2, 40, 24
+    cu = _cu(counts)
+    q, km, vm, kl, vl, do, ins64, ref = _check_fp32_vs_loop(counts, H, L, D)
     # the masked kernel on the same keys laid out (N, H, M, D) with a mask
     M = max(counts)
     mask = torch.zeros(N, M, dtype=torch.long)
@@ -226,19 +235,7 @@ def test_tiles_per_kernel(tiles, monkeypatch, seed):
         return c
     monkeypatch.setattr(pa, "_cfg", cfg)
     monkeypatch.setattr(pv, "_cfg", cfg)  # imported by name there
-    counts = [45, 0, 33, 70]
-    N, H, L, D, T = len(counts), 2, 40, 24, sum(counts)
-    cu = _cu(counts)
-    q, km, vm, kl, vl = _inputs(N, H, L, T, D, torch.float32)
-    o = perceiver_attention_varlen_triton(q, km, vm, cu, kl, vl, D ** -0.5)
-    do = torch.randn(o.shape)
-    o.backward(do)
-    ins64 = as64(q, km, vm, kl, vl)
-    ref = loop_reference(ins64[0], ins64[1], ins64[2], cu, ins64[3], ins64[4], D ** -0.5)
-    ref.backward(do.double())
-    check("perceiver_varlen_fwd", [o], [ref], TOL[torch.float32])
-    check("perceiver_varlen_bwd", [t.grad for t in (q, km, vm, kl, vl)], [t.grad for t in ins64],
-          TOL_ATTN_BWD[torch.float32], GRAD_FLOOR)
+    _check_fp32_vs_loop([45, 0, 33, 70], 2, 40, 24)
 
 
 @pytest.mark.parametrize("transposed", [True, False])
