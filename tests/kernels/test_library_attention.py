@@ -124,17 +124,41 @@ def test_unavailable_without_cuda_and_falls_back_on_cpu_tensors(seed):
               1e-6)
 
 
+def test_flash_limits_on_head_dim_and_dtype():
+    """What the flash kernels take (FlashAttention-2: head dim a multiple of 8 up to 256, fp16/bf16, CUDA):
+    checked on stand-in tensors, as no CUDA tensor exists here."""
+    from types import SimpleNamespace
+
+    def t(d, dtype=torch.bfloat16, cuda=True):
+        return SimpleNamespace(shape=(5, 2, d), dtype=dtype, is_cuda=cuda)
+    assert la._takes(t(96), t(96)) and la._takes(t(8)) and la._takes(t(256))
+    assert not la._takes(t(12)) and not la._takes(t(264)) and not la._takes(t(4))  # the tiny model's 12
+    assert not la._takes(t(96, torch.float32)) and not la._takes(t(96), t(96, cuda=False))
+
+
+def test_calls_the_library_cannot_take_go_to_the_fallback(monkeypatch):
+    """fp32 / CPU / odd head dims / empty packs: to `_without_library` (our Triton kernel on CUDA, else SDPA),
+    not to the library (which would fail) nor to the slow reference."""
+    seen = []
+    monkeypatch.setattr(la, "_without_library", lambda *a: seen.append(a) or "fallback")
+    cu = torch.tensor([0, 4, 7], dtype=torch.int32)
+    q = torch.randn(7, 2, 12)
+    for fn in (la.varlen_attention_flash_attn, la.varlen_attention_torch_varlen):
+        assert fn(q, q, q, cu, sliding_window=3, max_seqlen=4) == "fallback"
+    assert len(seen) == 2 and seen[0][5] == 3 and seen[0][7] == 4  # the window and max_seqlen go along
+
+
 GPU_BACKENDS = [pytest.param("flash_attn", marks=pytest.mark.gpu), pytest.param("torch_varlen", marks=pytest.mark.gpu)]
 
 
 @pytest.mark.parametrize("name", GPU_BACKENDS)
-@pytest.mark.parametrize("window", [None, 7])
-def test_library_backend_on_gpu_bf16(name, window, seed):
+@pytest.mark.parametrize("window,D", [(None, 96), (7, 96), (None, 12)])  # 12: not flash's, handed to Triton
+def test_library_backend_on_gpu_bf16(name, window, D, seed):
     if not dispatch._REGISTRY["varlen_attention"][name].available():
         pytest.skip(f"{name} is not installed on this GPU machine")
     lens = [33, 1, 70]
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
-    q, k, v = (leaf(torch.randn(int(cu[-1]), h, 96), torch.bfloat16) for h in (4, 2, 2))
+    q, k, v = (leaf(torch.randn(int(cu[-1]), h, D), torch.bfloat16) for h in (4, 2, 2))
     out = dispatch.backend_for("varlen_attention", name)(q, k, v, cu, causal=True, sliding_window=window)
     out.float().sum().backward()
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))

@@ -5,9 +5,9 @@ Both are registered for `varlen_attention` (flash-attn also for `decode_attentio
 per-sequence SDPA fallback but behind our Triton kernels (registered later, preferred on CUDA): the
 default order on a GPU is triton, flash_attn, torch_varlen, sdpa, reference. Force one with
 `XGENMM_OPS=varlen_attention=flash_attn` (or `torch_varlen`) or `ops.set_backend`. Each is available only when its import works and CUDA is
-present; on inputs it cannot take (CPU tensors, fp32) it falls back to the reference implementation, and
-torch's varlen_attn without a window argument (torch 2.11) hands calls whose window matters (a sequence
-longer than it) to our Triton kernel.
+present; calls it cannot take (CPU tensors, fp32, a head dim that is not a multiple of 8 or above 256, and
+with torch's varlen_attn without a window argument (torch 2.11) a window that matters, i.e. a sequence
+longer than it) go to our Triton kernel on CUDA, else to SDPA once per sequence.
 
 Window convention: our ops follow HF (a key j is visible to query i iff i - j < sliding_window);
 flash-style (left, right) windows admit j in [i - left, i + right], so sliding_window W is (W - 1, 0).
@@ -73,7 +73,11 @@ def flash_window(sliding_window: int | None, causal: bool) -> tuple[int, int]:
 
 
 def _takes(*tensors: torch.Tensor) -> bool:
-    return all(t.is_cuda and t.dtype in (torch.float16, torch.bfloat16) for t in tensors)
+    """Can the flash kernels take these? CUDA, fp16/bf16, a head dim that is a multiple of 8 up to 256
+    (FlashAttention-2's limits; torch's varlen_attn does not pad it)."""
+    d = tensors[0].shape[-1]
+    return d % 8 == 0 and d <= 256 and all(t.is_cuda and t.dtype in (torch.float16, torch.bfloat16)
+                                           for t in tensors)
 
 
 def _max_seqlen(cu_seqlens: torch.Tensor) -> int:
@@ -83,10 +87,8 @@ def _max_seqlen(cu_seqlens: torch.Tensor) -> int:
 def varlen_attention_flash_attn(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = True, sliding_window=None,
                                 scale: float | None = None, max_seqlen: int | None = None) -> torch.Tensor:
     """`varlen_attention` through flash-attn's `flash_attn_varlen_func` (grouped-query native)."""
-    from .attention import varlen_attention_reference
     if not _takes(q, k, v) or q.shape[0] == 0:
-        return varlen_attention_reference(q, k, v, cu_seqlens, causal=causal, sliding_window=sliding_window,
-                                          scale=scale)
+        return _without_library(q, k, v, cu_seqlens, causal, sliding_window, scale, max_seqlen)
     varlen_func, _ = _flash_attn_module()
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     m = _max_seqlen(cu) if max_seqlen is None else int(max_seqlen)
@@ -98,10 +100,13 @@ def decode_attention_flash_attn(q, k_cache, v_cache, cache_seqlens: torch.Tensor
                                 scale: float | None = None) -> torch.Tensor:
     """`decode_attention` through flash-attn's `flash_attn_with_kvcache`: our caches are (B, Hkv, Tmax, D),
     flash-attn reads (B, Tmax, Hkv, D) views of them; causal alignment is bottom-right, as ours."""
-    from .attention import decode_attention_reference
     if not _takes(q, k_cache, v_cache) or q.shape[0] == 0 or q.shape[2] == 0:
-        return decode_attention_reference(q, k_cache, v_cache, cache_seqlens, sliding_window=sliding_window,
-                                          scale=scale)
+        from . import dispatch
+        from .attention import decode_attention_reference
+        # our Triton decode kernel on CUDA (it takes any head dim and fp32), else the reference
+        use_triton = q.is_cuda and "triton" in dispatch.available_backends("decode_attention")
+        fn = dispatch.backend_for("decode_attention", "triton") if use_triton else decode_attention_reference
+        return fn(q, k_cache, v_cache, cache_seqlens, sliding_window=sliding_window, scale=scale)
     _, with_kvcache = _flash_attn_module()
     out = with_kvcache(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2),
                        cache_seqlens=cache_seqlens.to(device=q.device, dtype=torch.int32), softmax_scale=scale,
@@ -112,10 +117,8 @@ def decode_attention_flash_attn(q, k_cache, v_cache, cache_seqlens: torch.Tensor
 def varlen_attention_torch_varlen(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool = True, sliding_window=None,
                                   scale: float | None = None, max_seqlen: int | None = None) -> torch.Tensor:
     """`varlen_attention` through `torch.nn.attention.varlen.varlen_attn` (PyTorch's flash kernel)."""
-    from .attention import varlen_attention_reference
     if not _takes(q, k, v) or q.shape[0] == 0:
-        return varlen_attention_reference(q, k, v, cu_seqlens, causal=causal, sliding_window=sliding_window,
-                                          scale=scale)
+        return _without_library(q, k, v, cu_seqlens, causal, sliding_window, scale, max_seqlen)
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     m = _max_seqlen(cu) if max_seqlen is None else int(max_seqlen)
     fn = _torch_varlen_fn()
@@ -138,8 +141,9 @@ def varlen_attention_torch_varlen(q, k, v, cu_seqlens: torch.Tensor, *, causal: 
 
 
 def _without_library(q, k, v, cu_seqlens, causal, sliding_window, scale, max_seqlen):
-    """A call the library cannot take (torch 2.11's varlen_attn and a window shorter than the longest
-    sequence): our Triton kernel on CUDA when it is registered, else SDPA once per sequence (slow)."""
+    """A call the library cannot take (CPU tensors, fp32, a head dim that is not a multiple of 8 or above
+    256, an empty pack; torch 2.11's varlen_attn and a window shorter than the longest sequence): our
+    Triton kernel on CUDA when it is registered, else SDPA once per sequence."""
     from . import dispatch
     from .attention import varlen_attention_sdpa
     if q.is_cuda and "triton" in dispatch.available_backends("varlen_attention"):
