@@ -55,9 +55,11 @@ DQ = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
       for bm, bn, w, s in [(64, 32, 8, 2), (64, 32, 4, 2), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 2),
                            (64, 64, 4, 2), (128, 64, 8, 2), (64, 16, 4, 2), (32, 64, 4, 2)]]
 
-# ATOMIC_DQ's dK/dV kernel (its default 32 x 64 at 8 warps is the one spill-free at sm_90; these spill 224-976 B)
+# ATOMIC_DQ's dK/dV kernel, other than its default 32 x 64 at 8 warps (sm_90 static check, head dim 96
+# unsplit / split: 0 / 64 B of spills, keys-major 392 / 96 B); 64 x 32 at 8 warps spills least keys-major
+# (192 / 40 B), 64 x 64 at 8 warps 584 / 224 B (keys-major 760 / 400)
 ATOMIC_DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
-               for bm, bn, w, s in [(64, 64, 8, 2), (64, 64, 4, 2), (32, 32, 4, 2)]]
+               for bm, bn, w, s in [(64, 32, 8, 2), (64, 64, 8, 2)]]
 
 # the perceiver (128 queries per tile: a dK/dV program sees all of them in one or two query tiles)
 PERCEIVER_DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
@@ -265,6 +267,8 @@ def main(argv=None) -> int:
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True, keys_major=True)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, atomic_dq=True)  # dQ by atomic adds (ATOMIC_DQ)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True, atomic_dq=True)
+    measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, keys_major=True, atomic_dq=True)  # no transposed matmul result
+    measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, split=True, keys_major=True, atomic_dq=True)
     measure("fwd", None, fwd, flops4, heavy_first=False)
     measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, heavy_first=False)
     measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver")
@@ -274,9 +278,10 @@ def main(argv=None) -> int:
     for kernel, cands in (("dkdv", PERCEIVER_DKDV), ("dq", PERCEIVER_DQ), ("fwd", PERCEIVER_FWD)):
         for tiles in cands[:1] if args.smoke else cands:
             measure(kernel, tiles, perceiver_fwd_bwd, pflops, family="perceiver")
-    for split in (False, True):  # ATOMIC_DQ's dK/dV kernel at other tiles
+    for keys_major, split in itertools.product((False, True), (False, True)):  # ATOMIC_DQ's dK/dV kernel, other tiles
         for tiles in ATOMIC_DKDV[:1] if args.smoke else ATOMIC_DKDV:
-            measure("dkdv_atomic_dq", tiles, fwd_bwd, 3.5 * flops2, split=split, atomic_dq=True)
+            measure("dkdv_atomic_dq", tiles, fwd_bwd, 3.5 * flops2, split=split, keys_major=keys_major,
+                    atomic_dq=True)
     for split in (True, False):  # the two-part head dim first: the padded tiles were swept on 2026-11-26
         for kernel, cands, fn, fl in (("fwd", FWD, fwd, flops4), ("dkdv", DKDV, fwd_bwd, 3.5 * flops2),
                                       ("dq", DQ, fwd_bwd, 3.5 * flops2)):

@@ -144,21 +144,22 @@ def _workloads():
         finally:
             va.SPLIT_HEAD_DIM = before
 
-    def varlen_attention_switch(name):  # an off-by-default backward switch on, with and without the split
+    def varlen_attention_switch(*names):  # off-by-default backward switches on, with and without the split
         def run():
             from xgenmm_fast.ops.triton import varlen_attention as va
-            before = getattr(va, name), va.SPLIT_HEAD_DIM
+            before = {n: getattr(va, n) for n in (*names, "SPLIT_HEAD_DIM")}
             try:
                 cu = torch.tensor([0, 70, 75], dtype=torch.int32)
                 for split in (False, True):
-                    setattr(va, name, True)
+                    for n in names:
+                        setattr(va, n, True)
                     va.SPLIT_HEAD_DIM = split
                     for window in (33, None):
                         fwd_bwd(varlen_attention_triton(leaf(75, 2, 96), leaf(75, 2, 96), leaf(75, 2, 96), cu,
                                                         sliding_window=window))
             finally:
-                setattr(va, name, before[0])
-                va.SPLIT_HEAD_DIM = before[1]
+                for n, v in before.items():
+                    setattr(va, n, v)
         return run
 
     def perceiver():
@@ -199,7 +200,9 @@ def _workloads():
             ("varlen_attention_split_head_dim", varlen_attention_split_head_dim),
             # the dK/dV kernel's scores as K·Qᵀ (DKDV_KEYS_MAJOR), dQ by atomic adds (ATOMIC_DQ); both off
             ("varlen_attention_keys_major", varlen_attention_switch("DKDV_KEYS_MAJOR")),
-            ("varlen_attention_atomic_dq", varlen_attention_switch("ATOMIC_DQ")), ("perceiver", perceiver),
+            ("varlen_attention_atomic_dq", varlen_attention_switch("ATOMIC_DQ")),
+            ("varlen_attention_keys_major_atomic_dq", varlen_attention_switch("DKDV_KEYS_MAJOR", "ATOMIC_DQ")),
+            ("perceiver", perceiver),
             ("perceiver_split_head_dim", perceiver_split_head_dim), ("perceiver_keys_major", perceiver_keys_major),
             ("vision_merge", vision_merge)]
 

@@ -133,46 +133,39 @@ def test_varlen_attention_tiles_per_kernel(lens, Hq, Hkv, D, window, causal, til
     _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
 
 
-# the backward's off-by-default switches (sweep candidates): DKDV_KEYS_MAJOR, the dK/dV kernel's scores as K·Qᵀ;
-# ATOMIC_DQ, dQ summed by the dK/dV kernel with atomic adds (every (query tile, key block) pair adds its share
-# once, rows past a sequence nothing)
-BACKWARD_SWITCHES = ["DKDV_KEYS_MAJOR", "ATOMIC_DQ"]
+# the backward's off-by-default switches (sweep candidates), alone and together: DKDV_KEYS_MAJOR, the dK/dV
+# kernel's scores as K·Qᵀ; ATOMIC_DQ, dQ summed by the dK/dV kernel with atomic adds (every (query tile, key
+# block) pair adds its share once, rows past a sequence nothing)
+BACKWARD_SWITCHES = [("DKDV_KEYS_MAJOR",), ("ATOMIC_DQ",), ("DKDV_KEYS_MAJOR", "ATOMIC_DQ")]
 
 
-@pytest.mark.parametrize("switch", BACKWARD_SWITCHES)
+@pytest.mark.parametrize("switch", BACKWARD_SWITCHES, ids="+".join)
 @pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", CASES)
 @pytest.mark.parametrize("dtype", VARIANT_DTYPES)
 @VARIANT
 def test_varlen_attention_backward_switch(switch, lens, Hq, Hkv, D, window, causal, dtype, monkeypatch, seed):
-    """Each backward switch on: the same gradients, every case."""
+    """Backward switches on: the same gradients, every case."""
     from xgenmm_fast.ops.triton import varlen_attention as mod
-    monkeypatch.setattr(mod, switch, True)
+    for name in switch:
+        monkeypatch.setattr(mod, name, True)
     _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, dtype)
 
 
-@pytest.mark.parametrize("switch", BACKWARD_SWITCHES)
+@pytest.mark.parametrize("switch", BACKWARD_SWITCHES, ids="+".join)
 @pytest.mark.parametrize("blocks,split", [((16, 16), False), ((32, 16), False), ((16, 32), False),
                                           ((32, 16), True)])
 @pytest.mark.parametrize("lens,Hq,Hkv,D,window,causal", LONG_CASES)
 def test_varlen_attention_backward_switch_tile_ranges(switch, lens, Hq, Hkv, D, window, causal, blocks, split,
                                                       monkeypatch, seed):
-    """Each backward switch over the masked / unmasked tile ranges and unequal tiles (fp32, interpreter tiles)."""
+    """Backward switches over the masked / unmasked tile ranges and unequal tiles (fp32, interpreter tiles)."""
     if DEVICE == "cuda":
         pytest.skip("interpreter tile sizes only (the GPU's are fixed); the CASES above run on the GPU")
     from xgenmm_fast.ops.triton import varlen_attention as mod
     monkeypatch.setattr(mod, "INTERPRET_BLOCKS", blocks)
     monkeypatch.setattr(mod, "SPLIT_HEAD_DIM", split)
-    monkeypatch.setattr(mod, switch, True)
+    for name in switch:
+        monkeypatch.setattr(mod, name, True)
     _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
-
-
-def test_varlen_attention_atomic_dq_and_keys_major_refused(monkeypatch):
-    from xgenmm_fast.ops.triton import varlen_attention as mod
-    monkeypatch.setattr(mod, "ATOMIC_DQ", True)
-    monkeypatch.setattr(mod, "DKDV_KEYS_MAJOR", True)
-    q, k, v, cu = _pack([5], 2, 1, 16, torch.float32 if DEVICE == "cpu" else torch.bfloat16)
-    with pytest.raises(ValueError, match="ATOMIC_DQ and DKDV_KEYS_MAJOR"):
-        varlen_attention_triton(q, k, v, cu).sum().backward()
 
 
 @pytest.mark.parametrize("heavy_first", [True, False])

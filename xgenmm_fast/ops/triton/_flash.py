@@ -155,10 +155,8 @@ def dkdv_dq_step(p, delta, qa, qb, doa, dob, va, vb, ka, kb, dk_a, dk_b, dv_a, d
 
 
 @triton.jit
-def dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB: tl.constexpr,
-                         PRECISION: tl.constexpr):
-    """dkdv_step with the tile as (keys, queries): pt = Pᵀ as the scores K·Qᵀ gave it, so that dV += Pᵀ·dO and
-    dK += dSᵀ·Q take the tile as it is (no transpose of P or dS through shared memory); dPᵀ = V·dOᵀ."""
+def _dkdv_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB: tl.constexpr,
+                     PRECISION: tl.constexpr):
     ptc = pt.to(doa.dtype)
     dv_a += tl.dot(ptc, doa, input_precision=PRECISION)
     if BLOCK_DB > 0:
@@ -168,6 +166,39 @@ def dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, 
     dk_a += tl.dot(dst, qa, input_precision=PRECISION)
     if BLOCK_DB > 0:
         dk_b += tl.dot(dst, qb, input_precision=PRECISION)
+    return dk_a, dk_b, dv_a, dv_b, dst
+
+
+@triton.jit
+def dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB: tl.constexpr,
+                         PRECISION: tl.constexpr):
+    """dkdv_step with the tile as (keys, queries): pt = Pᵀ as the scores K·Qᵀ gave it, so that dV += Pᵀ·dO and
+    dK += dSᵀ·Q take the tile as it is (no transpose of P or dS through shared memory); dPᵀ = V·dOᵀ. No
+    matmul result is transposed here (a tl.trans of a tl.dot result feeding another tl.dot is what Triton
+    >= 3.4 has miscompiled on Hopper in other projects' backward kernels; dkdv_step does that twice)."""
+    dk_a, dk_b, dv_a, dv_b, _ = _dkdv_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b,
+                                                 BLOCK_DB, PRECISION)
+    return dk_a, dk_b, dv_a, dv_b
+
+
+@triton.jit
+def dkdv_dq_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, ka, kb, dk_a, dk_b, dv_a, dv_b, DQACC, rows,
+                            row_ok, stride_t, D, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                            PRECISION: tl.constexpr):
+    """dkdv_step_keys_major, and DQACC[rows] += dS·K by fp32 atomic adds, computed as Kᵀ·dSᵀ (head dim,
+    queries) and added at transposed addresses, so that still no matmul result is transposed. rows: the
+    queries' absolute token rows (int64), row_ok: which of them exist."""
+    dk_a, dk_b, dv_a, dv_b, dst = _dkdv_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b,
+                                                   BLOCK_DB, PRECISION)
+    offs_a = tl.arange(0, BLOCK_DA)
+    tl.atomic_add(DQACC + rows[None, :] * stride_t + offs_a[:, None],
+                  tl.dot(tl.trans(ka), dst, input_precision=PRECISION),
+                  mask=row_ok[None, :] & (offs_a[:, None] < D), sem="relaxed")
+    if BLOCK_DB > 0:
+        offs_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+        tl.atomic_add(DQACC + rows[None, :] * stride_t + offs_b[:, None],
+                      tl.dot(tl.trans(kb), dst, input_precision=PRECISION),
+                      mask=row_ok[None, :] & (offs_b[:, None] < D), sem="relaxed")
     return dk_a, dk_b, dv_a, dv_b
 
 

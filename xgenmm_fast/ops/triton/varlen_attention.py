@@ -31,8 +31,9 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..attention import decode_attention_reference, varlen_attention_reference
-from ._flash import (BACKWARD_TILES, backward_delta, dkdv_dq_step, dkdv_step, dkdv_step_keys_major, dot_t, dq_step,
-                     head_split, load_head, online_softmax_step, store_head, zeros_head)
+from ._flash import (BACKWARD_TILES, backward_delta, dkdv_dq_step, dkdv_dq_step_keys_major, dkdv_step,
+                     dkdv_step_keys_major, dot_t, dq_step, head_split, load_head, online_softmax_step, store_head,
+                     zeros_head)
 from . import _utils
 from ._utils import interpreting, lastdim_contig, next_pow2, triton_custom_op, usable
 
@@ -200,8 +201,13 @@ def _dkdv_tiles(dk_a, dk_b, dv_a, dv_b, ka, kb, va, vb, Q, DO, LSE, DELTA, DQACC
             pt = tl.exp2(kq - lse[None, :])
             if MASKED:
                 pt = tl.where(_visible_keys_major(offs_n, rows, seqlen, window, CAUSAL, HAS_WINDOW), pt, 0.0)
-            dk_a, dk_b, dv_a, dv_b = dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a,
-                                                          dv_b, BLOCK_DB, PRECISION)
+            if ATOMIC_DQ:
+                dk_a, dk_b, dv_a, dv_b = dkdv_dq_step_keys_major(
+                    pt, delta, qa, qb, doa, dob, va, vb, ka, kb, dk_a, dk_b, dv_a, dv_b, DQACC + h * stride_dqh,
+                    (start + rows).to(tl.int64), rows < seqlen, stride_dqt, D, BLOCK_DA, BLOCK_DB, PRECISION)
+            else:
+                dk_a, dk_b, dv_a, dv_b = dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b,
+                                                              dv_a, dv_b, BLOCK_DB, PRECISION)
         else:
             qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
             p = tl.exp2(qk - lse[:, None])
@@ -366,17 +372,17 @@ SPLIT_HEAD_DIM = False
 # the dK/dV kernel's scores as K·Qᵀ (keys, queries): P and dS come out in the orientation dV += Pᵀ·dO and
 # dK += dSᵀ·Q take, where the default transposes both per tile (through shared memory). Off until a GPU
 # benchmark says it pays (benchmarks/sweep_attention_tiles.py); tested both ways.
-DKDV_KEYS_MAJOR = False
+DKDV_KEYS_MAJOR = False  # (also the one form that transposes no matmul result: see _flash.dkdv_step_keys_major)
 # dQ from the dK/dV kernel (FlashAttention-2's way): each (query tile, key block) pair adds its dS · K into an
 # fp32 buffer by atomic adds, and the dQ kernel, with its recompute of the scores and dP (two of the
 # backward's seven matmuls), does not run; one fp32 -> dtype pass follows. Not bit-reproducible (the order of
 # the adds varies). Off until a GPU benchmark says it pays (benchmarks/sweep_attention_tiles.py); tested both
-# ways. Not combined with DKDV_KEYS_MAJOR.
+# ways, and with DKDV_KEYS_MAJOR (then dQ comes as Kᵀ·dSᵀ, so no matmul result is transposed anywhere).
 ATOMIC_DQ = False
 # its dK/dV kernel's tiles ("dkdv_atomic_dq"): with the dQ tile on top of the dK/dV accumulators the 4-warp
 # default tiles spill ~2 KB per thread at head dim 96 (scripts/triton_sm90_check.py); 32 x 64 at 8 warps (the
-# pre-sweep dK/dV tiles, exact on the H200) is the only tried one without spills (0 B; 64 B split).
-# Unmeasured: the sweep times it and a few others.
+# pre-sweep dK/dV tiles, exact on the H200) is the only tried one without spills (0 B; 64 B split; with
+# DKDV_KEYS_MAJOR 392 / 96 B). Unmeasured: the sweep times it and a few others.
 ATOMIC_DQ_TILES = dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
 
 
@@ -451,8 +457,6 @@ def varlen_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     # every row of every sequence is written (the dK/dV and dQ grids cover max_seqlen), and the sequences
     # cover [0, total): cu_seqlens runs from 0 to total (the forward leaves no row unwritten either)
     atomic_dq = ATOMIC_DQ
-    if atomic_dq and DKDV_KEYS_MAJOR:
-        raise ValueError("varlen_attention: ATOMIC_DQ and DKDV_KEYS_MAJOR are not combined; set one of them")
     # with ATOMIC_DQ the dK/dV kernel sums dQ into an fp32 buffer (zeroed: every pair adds to it)
     dq = (torch.zeros((total, Hq, D), dtype=torch.float32, device=q.device) if atomic_dq
           else _utils.unwritten((total, Hq, D), q.dtype, q.device))
