@@ -36,7 +36,7 @@ PYTEST=(-q -rfEs -p no:cacheprovider -p no:benchmark --durations=12 "${XDIST[@]}
 step pytest_kernels 190 "$PY" -m pytest tests/kernels -m "not variant" "${PYTEST[@]}" \
   --junitxml="$RESULTS/pytest_kernels.xml"
 step pytest_model 75 "$PY" -m pytest tests/model -m gpu "${PYTEST[@]}" --junitxml="$RESULTS/pytest_model.xml"
-step pytest_kernel_variants 100 "$PY" -m pytest tests/kernels -m variant "${PYTEST[@]}" \
+step pytest_kernel_variants 120 "$PY" -m pytest tests/kernels -m variant "${PYTEST[@]}" \
   --junitxml="$RESULTS/pytest_kernel_variants.xml"
 # GPU_BENCH_OUT (set by gpu_session.sh): merge the kernel rows into the suite's results file instead
 step bench_kernels 120 "$PY" benchmarks/bench_kernels.py --out "${GPU_BENCH_OUT:-$RESULTS/bench_kernels.json}" --rep-ms 100
