@@ -104,42 +104,8 @@ def dq_step(p, delta, doa, dob, va, vb, ka, kb, dq_a, dq_b, BLOCK_DB: tl.constex
 
 
 @triton.jit
-def dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB: tl.constexpr,
-              PRECISION: tl.constexpr):
-    """dV += Pᵀ · dO and dK += dSᵀ · Q for one query tile, dS = P ∘ (dO · Vᵀ − delta)."""
-    pt = tl.trans(p.to(doa.dtype))
-    dv_a += tl.dot(pt, doa, input_precision=PRECISION)
-    if BLOCK_DB > 0:
-        dv_b += tl.dot(pt, dob, input_precision=PRECISION)
-    dp = dot_t(doa, dob, va, vb, BLOCK_DB, PRECISION)
-    dst = tl.trans((p * (dp - delta[:, None])).to(qa.dtype))
-    dk_a += tl.dot(dst, qa, input_precision=PRECISION)
-    if BLOCK_DB > 0:
-        dk_b += tl.dot(dst, qb, input_precision=PRECISION)
-    return dk_a, dk_b, dv_a, dv_b
-
-
-@triton.jit
-def add_dq_tile(ds, ka, kb, DQACC, rows, stride_t, row_mask, D, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
-                PRECISION: tl.constexpr):
-    """DQACC[rows] += dS · K by fp32 atomic adds: the dK/dV kernel's share of dQ for one (query tile, key
-    block) pair, when the dQ kernel's recompute of the scores and dP is skipped (ATOMIC_DQ). ds (rows, keys)
-    in the input dtype; the sum over key blocks comes out in an arbitrary order (not bit-reproducible)."""
-    offs_a = tl.arange(0, BLOCK_DA)
-    dq_a = tl.dot(ds, ka, input_precision=PRECISION)
-    tl.atomic_add(DQACC + rows * stride_t + offs_a[None, :], dq_a, mask=row_mask & (offs_a[None, :] < D),
-                  sem="relaxed")
-    if BLOCK_DB > 0:
-        offs_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
-        dq_b = tl.dot(ds, kb, input_precision=PRECISION)
-        tl.atomic_add(DQACC + rows * stride_t + offs_b[None, :], dq_b, mask=row_mask & (offs_b[None, :] < D),
-                      sem="relaxed")
-
-
-@triton.jit
-def dkdv_dq_step(p, delta, qa, qb, doa, dob, va, vb, ka, kb, dk_a, dk_b, dv_a, dv_b, DQACC, rows, stride_t,
-                 row_mask, D, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, PRECISION: tl.constexpr):
-    """dkdv_step, and dQ += dS · K added into DQACC (add_dq_tile) from the same dS."""
+def _dkdv(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB: tl.constexpr,
+          PRECISION: tl.constexpr):
     pt = tl.trans(p.to(doa.dtype))
     dv_a += tl.dot(pt, doa, input_precision=PRECISION)
     if BLOCK_DB > 0:
@@ -150,7 +116,33 @@ def dkdv_dq_step(p, delta, qa, qb, doa, dob, va, vb, ka, kb, dk_a, dk_b, dv_a, d
     dk_a += tl.dot(dst, qa, input_precision=PRECISION)
     if BLOCK_DB > 0:
         dk_b += tl.dot(dst, qb, input_precision=PRECISION)
-    add_dq_tile(ds, ka, kb, DQACC, rows, stride_t, row_mask, D, BLOCK_DA, BLOCK_DB, PRECISION)
+    return dk_a, dk_b, dv_a, dv_b, ds
+
+
+@triton.jit
+def dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB: tl.constexpr,
+              PRECISION: tl.constexpr):
+    """dV += Pᵀ · dO and dK += dSᵀ · Q for one query tile, dS = P ∘ (dO · Vᵀ − delta)."""
+    dk_a, dk_b, dv_a, dv_b, _ = _dkdv(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB,
+                                      PRECISION)
+    return dk_a, dk_b, dv_a, dv_b
+
+
+@triton.jit
+def dkdv_dq_step(p, delta, qa, qb, doa, dob, va, vb, ka, kb, dk_a, dk_b, dv_a, dv_b, DQACC, rows, stride_t,
+                 row_mask, D, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, PRECISION: tl.constexpr):
+    """dkdv_step, and DQACC[rows] += dS · K by fp32 atomic adds from the same dS: the dK/dV kernel's share of
+    dQ for one (query tile, key block) pair when no dQ kernel runs (ATOMIC_DQ); the sum over key blocks
+    comes out in an arbitrary order (not bit-reproducible). rows (M, 1) int64, row_mask (M, 1)."""
+    dk_a, dk_b, dv_a, dv_b, ds = _dkdv(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB,
+                                       PRECISION)
+    offs_a = tl.arange(0, BLOCK_DA)
+    tl.atomic_add(DQACC + rows * stride_t + offs_a[None, :], tl.dot(ds, ka, input_precision=PRECISION),
+                  mask=row_mask & (offs_a[None, :] < D), sem="relaxed")
+    if BLOCK_DB > 0:
+        offs_b = BLOCK_DA + tl.arange(0, BLOCK_DB)
+        tl.atomic_add(DQACC + rows * stride_t + offs_b[None, :], tl.dot(ds, kb, input_precision=PRECISION),
+                      mask=row_mask & (offs_b[None, :] < D), sem="relaxed")
     return dk_a, dk_b, dv_a, dv_b
 
 

@@ -388,8 +388,8 @@ ATOMIC_DQ_TILES = dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
 
 def _cfg(D: int, kernel: str) -> dict:
     """Tile sizes and launch options per kernel: "fwd", "fwd_window" (the forward with a sliding window),
-    "dkdv", "dq", "dkdv_atomic_dq" (the dK/dV kernel that also adds dQ, ATOMIC_DQ). Small tiles under the interpreter (exercise several blocks cheaply). On the GPU: forward
-    128 x 64 (the windowed one 128 x 32 at head dims > 64: 128 x 64 spilled there), backward as measured
+    "dkdv", "dq", "dkdv_atomic_dq" (the dK/dV kernel that also adds dQ, ATOMIC_DQ). Small tiles under the
+    interpreter (exercise several blocks cheaply). On the GPU: forward 128 x 64 (the windowed one 128 x 32 at head dims > 64: 128 x 64 spilled there), backward as measured
     fastest by benchmarks/sweep_attention_tiles.py (_flash.BACKWARD_TILES). In the H200 sweep the forward's
     128 x 128 was 4% faster but spills at sm_90 (scripts/triton_sm90_check.py); not taken."""
     block_d = max(16, next_pow2(D))
