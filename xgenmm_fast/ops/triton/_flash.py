@@ -103,6 +103,8 @@ def dq_step(p, delta, doa, dob, va, vb, ka, kb, dq_a, dq_b, BLOCK_DB: tl.constex
     return dq_a, dq_b
 
 
+# _dkdv and _dkdv_keys_major share their shape, not a helper: the dV dot is issued before dP on purpose (a
+# shared accumulate-after-dS helper changed the sm_90 code: 16-112 B more spills, 8 KB more shared memory)
 @triton.jit
 def _dkdv(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b, BLOCK_DB: tl.constexpr,
           PRECISION: tl.constexpr):
