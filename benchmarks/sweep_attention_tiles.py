@@ -9,10 +9,13 @@ chosen tiles against baselines.
 Shapes: Phi-3 (32 heads, head dim 96), bf16, causal, no window.
 - fwd: 4 x 4096 tokens (bench_kernels' varlen_attn_fwd/4k); TFLOP/s counts the visible half (QKᵀ and PV).
 - perceiver (family "perceiver"): the perceiver's varlen attention fwd+bwd as the model runs it (40 tiles,
-  16 heads, 128 latents, 729 media tokens, 24% masked), its dkdv / dq / fwd tiles varied one at a time.
-- fwd_bwd (defaults, both block orders, each switch), dkdv, dq, dkdv_atomic_dq: 8 x 2048 tokens (bench_kernels' equal_length row); the forward + backward is timed with one
-  backward kernel's tiles varied and the other at its default, so differences between rows are that
-  kernel's; TFLOP/s over 3.5x the forward's FLOPs.
+  16 heads, 128 latents, 729 media tokens, 24% masked): the defaults, each switch (its own SPLIT_HEAD_DIM,
+  DKDV_KEYS_MAJOR and ATOMIC_DQ in perceiver_attention.py), its dkdv / dq / fwd / dkdv_atomic_dq tiles varied
+  one at a time.
+- fwd_bwd (defaults, both block orders, each switch), dkdv, dq, dkdv_atomic_dq: 8 x 2048 tokens
+  (bench_kernels' equal_length row); the forward + backward is timed with one backward kernel's tiles varied
+  and the other at its default, so differences between rows are that kernel's; TFLOP/s over 3.5x the
+  forward's FLOPs.
 Each candidate's tiles replace `_cfg`'s answer for that kernel only (the module's function is patched for
 the measurement); max_abs_diff compares its outputs (and gradients) with the default tiles', and
 max_abs_err_fp32 with the plain-PyTorch reference run in fp32 on the same inputs: a row `agrees` when that
@@ -67,6 +70,11 @@ PERCEIVER_DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
                                         (128, 64, 4, 2)]]
 PERCEIVER_DQ = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
                 for bm, bn, w, st in [(64, 32, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2)]]
+# the perceiver's ATOMIC_DQ dK/dV kernel, other than its default 32 x 64 at 8 warps (sm_90 static check at head
+# dim 96, perceiver_varlen, unsplit / split: 0 / 40 B of spills): 64 x 32 at 8 warps (120 / 208 B, keys-major
+# 48 / 64 B), 32 x 32 at 4 warps (40 / 136 B, two programs per SM)
+PERCEIVER_ATOMIC_DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+                         for bm, bn, w, st in [(64, 32, 8, 2), (32, 32, 4, 2)]]
 PERCEIVER_FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(128, 64, 8, 3), (64, 128, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3)]]
 
@@ -149,12 +157,13 @@ def main(argv=None) -> int:
     long_lens, eq_lens = ([40, 24], [32, 17]) if args.smoke else ([4096] * 4, [2048] * 8)
     default_cfg, default_split, default_keys_major = va._cfg, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR
     default_perceiver_cfg, default_perceiver_split = pa._cfg, pa.SPLIT_HEAD_DIM
-    default_perceiver_keys_major = pa.DKDV_KEYS_MAJOR
+    default_perceiver_keys_major, default_perceiver_atomic_dq = pa.DKDV_KEYS_MAJOR, pa.ATOMIC_DQ
     default_atomic_dq = va.ATOMIC_DQ
     defaults = {"lm": {"split_head_dim": default_split, "dkdv_keys_major": default_keys_major,
                        "atomic_dq": default_atomic_dq},
                 "perceiver": {"split_head_dim": default_perceiver_split,
-                              "dkdv_keys_major": default_perceiver_keys_major}}
+                              "dkdv_keys_major": default_perceiver_keys_major,
+                              "atomic_dq": default_perceiver_atomic_dq}}
     rows = []
 
     def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False,
@@ -162,9 +171,7 @@ def main(argv=None) -> int:
         if time.time() - t_start > args.budget_s:
             return
         row = {"kernel": kernel, "tiles": tiles or "default", "heavy_first": heavy_first, "split_head_dim": split,
-               "dkdv_keys_major": keys_major}
-        if family == "lm":
-            row["atomic_dq"] = atomic_dq
+               "dkdv_keys_major": keys_major, "atomic_dq": atomic_dq}
         if family != "lm":
             row = {"family": family, **row}
 
@@ -180,7 +187,7 @@ def main(argv=None) -> int:
             va.DKDV_KEYS_MAJOR, va.ATOMIC_DQ = keys_major, atomic_dq
         else:  # perceiver_varlen imported perceiver_attention's _cfg by name: patch both
             pa._cfg = pv._cfg = patched(default_perceiver_cfg)
-            pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR = split, keys_major
+            pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR, pa.ATOMIC_DQ = split, keys_major, atomic_dq
         try:
             ms = timer_ms(fn)
             got = fn()
@@ -196,6 +203,7 @@ def main(argv=None) -> int:
             va.DKDV_KEYS_MAJOR, va.ATOMIC_DQ = default_keys_major, default_atomic_dq
             pa._cfg = pv._cfg = default_perceiver_cfg
             pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR = default_perceiver_split, default_perceiver_keys_major
+            pa.ATOMIC_DQ = default_perceiver_atomic_dq
         rows.append(row)
         save()
         print(json.dumps(row), flush=True)
@@ -275,9 +283,14 @@ def main(argv=None) -> int:
     measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver", split=True)
     measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver", keys_major=True)
     measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver", split=True, keys_major=True)
+    for keys_major, split in itertools.product((False, True), (False, True)):  # the perceiver's ATOMIC_DQ
+        measure("fwd_bwd", None, perceiver_fwd_bwd, pflops, family="perceiver", split=split, keys_major=keys_major,
+                atomic_dq=True)
     for kernel, cands in (("dkdv", PERCEIVER_DKDV), ("dq", PERCEIVER_DQ), ("fwd", PERCEIVER_FWD)):
         for tiles in cands[:1] if args.smoke else cands:
             measure(kernel, tiles, perceiver_fwd_bwd, pflops, family="perceiver")
+    for tiles in PERCEIVER_ATOMIC_DKDV[:1] if args.smoke else PERCEIVER_ATOMIC_DKDV:  # its dK/dV kernel, other tiles
+        measure("dkdv_atomic_dq", tiles, perceiver_fwd_bwd, pflops, family="perceiver", atomic_dq=True)
     for keys_major, split in itertools.product((False, True), (False, True)):  # ATOMIC_DQ's dK/dV kernel, other tiles
         for tiles in ATOMIC_DKDV[:1] if args.smoke else ATOMIC_DKDV:
             measure("dkdv_atomic_dq", tiles, fwd_bwd, 3.5 * flops2, split=split, keys_major=keys_major,

@@ -180,15 +180,20 @@ def _workloads():
         finally:
             pa.SPLIT_HEAD_DIM = before
 
-    def perceiver_keys_major():  # the dK/dV scores as K·Qᵀ (perceiver DKDV_KEYS_MAJOR, off by default)
-        from xgenmm_fast.ops.triton import perceiver_attention as pa
-        before = pa.DKDV_KEYS_MAJOR, pa.SPLIT_HEAD_DIM
-        try:
-            for split in (False, True):
-                pa.DKDV_KEYS_MAJOR, pa.SPLIT_HEAD_DIM = True, split
-                perceiver()
-        finally:
-            pa.DKDV_KEYS_MAJOR, pa.SPLIT_HEAD_DIM = before
+    def perceiver_switch(*names):  # the perceiver's off-by-default backward switches, with and without the split
+        def run():
+            from xgenmm_fast.ops.triton import perceiver_attention as pa
+            before = {n: getattr(pa, n) for n in (*names, "SPLIT_HEAD_DIM")}
+            try:
+                for split in (False, True):
+                    for n in names:
+                        setattr(pa, n, True)
+                    pa.SPLIT_HEAD_DIM = split
+                    perceiver()
+            finally:
+                for n, v in before.items():
+                    setattr(pa, n, v)
+        return run
 
     def vision_merge():
         ids = torch.tensor([1, 5, 1002, 3, 5, 1001])
@@ -202,8 +207,11 @@ def _workloads():
             ("varlen_attention_keys_major", varlen_attention_switch("DKDV_KEYS_MAJOR")),
             ("varlen_attention_atomic_dq", varlen_attention_switch("ATOMIC_DQ")),
             ("varlen_attention_keys_major_atomic_dq", varlen_attention_switch("DKDV_KEYS_MAJOR", "ATOMIC_DQ")),
-            ("perceiver", perceiver),
-            ("perceiver_split_head_dim", perceiver_split_head_dim), ("perceiver_keys_major", perceiver_keys_major),
+            ("perceiver", perceiver), ("perceiver_split_head_dim", perceiver_split_head_dim),
+            # the same two switches in the perceiver's kernels (perceiver_attention.DKDV_KEYS_MAJOR, ATOMIC_DQ)
+            ("perceiver_keys_major", perceiver_switch("DKDV_KEYS_MAJOR")),
+            ("perceiver_atomic_dq", perceiver_switch("ATOMIC_DQ")),
+            ("perceiver_keys_major_atomic_dq", perceiver_switch("DKDV_KEYS_MAJOR", "ATOMIC_DQ")),
             ("vision_merge", vision_merge)]
 
 

@@ -20,7 +20,7 @@ def test_smoke_rows_and_restored_module(tmp_path):
     import xgenmm_fast.ops.triton.varlen_attention as va
     def state():
         return (va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR, pa._cfg, pv._cfg, pa.SPLIT_HEAD_DIM,
-                pa.DKDV_KEYS_MAJOR)
+                pa.DKDV_KEYS_MAJOR, pa.ATOMIC_DQ)
     before = state() + (va.ATOMIC_DQ,)
     out = tmp_path / "sweep.json"
     assert sweep.main(["--smoke", "--out", str(out)]) == 0
@@ -35,9 +35,13 @@ def test_smoke_rows_and_restored_module(tmp_path):
     assert {r["split_head_dim"] for r in rows if r["kernel"] in ("dkdv", "dq")} == {True, False}
     assert {(r["split_head_dim"], r["dkdv_keys_major"]) for r in rows if r["kernel"] == "fwd_bwd"
             and r.get("family") is None} == {(False, False), (True, False), (False, True), (True, True)}
-    assert {r["kernel"] for r in rows if r.get("family") == "perceiver"} == {"fwd_bwd", "dkdv", "dq", "fwd"}
-    assert {r["split_head_dim"] for r in rows if r.get("family") == "perceiver"} == {True, False}
-    assert {r["dkdv_keys_major"] for r in rows if r.get("family") == "perceiver"} == {True, False}
+    perceiver = [r for r in rows if r.get("family") == "perceiver"]
+    assert {r["kernel"] for r in perceiver} == {"fwd_bwd", "dkdv", "dq", "fwd", "dkdv_atomic_dq"}
+    assert {r["split_head_dim"] for r in perceiver} == {True, False}
+    assert {r["dkdv_keys_major"] for r in perceiver} == {True, False}
+    assert {(r["split_head_dim"], r["dkdv_keys_major"]) for r in perceiver if r["kernel"] == "fwd_bwd"
+            and r["atomic_dq"]} == {(False, False), (True, False), (False, True), (True, True)}
+    assert all(r["atomic_dq"] for r in perceiver if r["kernel"] == "dkdv_atomic_dq")
     for r in rows:
         assert "error" not in r, r
         assert r["ms"] > 0 and r["max_abs_diff"] < 1e-4, r  # fp32: candidates agree with the default tiles

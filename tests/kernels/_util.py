@@ -22,6 +22,11 @@ DTYPES = [
 # every further dtype is another compile of each case inside the GPU check's time limit.
 VARIANT = pytest.mark.variant  # a test (or case) of such a variant: the GPU check runs them after the defaults
 VARIANT_DTYPES = [pytest.param(torch.bfloat16, marks=pytest.mark.gpu)] if DEVICE == "cuda" else DTYPES
+# the attention backward's off-by-default switches (sweep candidates; module attributes of varlen_attention and
+# perceiver_attention), alone and together: DKDV_KEYS_MAJOR, the dK/dV kernel's scores as K·Qᵀ; ATOMIC_DQ, dQ
+# summed by the dK/dV kernel with atomic adds (every (query tile, key block) pair adds its share once) and no
+# dQ kernel
+BACKWARD_SWITCHES = [("DKDV_KEYS_MAJOR",), ("ATOMIC_DQ",), ("DKDV_KEYS_MAJOR", "ATOMIC_DQ")]
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor, floor: float = 1e-6) -> float:

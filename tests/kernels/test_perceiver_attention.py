@@ -7,7 +7,8 @@ import torch
 from xgenmm_fast.ops.attention import perceiver_attention_reference
 from xgenmm_fast.ops.triton.perceiver_attention import perceiver_attention_triton
 
-from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT, VARIANT_DTYPES, as64, check, leaf
+from ._util import (BACKWARD_SWITCHES, DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT, VARIANT_DTYPES, as64,
+                    check, leaf)
 
 # Some gradients are exactly zero in exact arithmetic (a query with one visible key: dq = dk = 0); the
 # floor measures such errors against the O(1) size of the terms (inputs and dout are N(0, 1)).
@@ -48,13 +49,17 @@ def test_perceiver_attention_matches_reference(N, H, L, M, D, mask_kind, split, 
     _check_masked(N, H, L, M, D, mask_kind, split, dtype, monkeypatch)
 
 
-# the dK/dV scores as K·Qᵀ (DKDV_KEYS_MAJOR, off by default): every case with the padded head dim, one split
+# the backward's off-by-default switches (_util.BACKWARD_SWITCHES), every case with the padded head dim, one split
+
+
+@pytest.mark.parametrize("switch", BACKWARD_SWITCHES, ids="+".join)
 @pytest.mark.parametrize("N,H,L,M,D,mask_kind,split", [(*c, False) for c in CASES] + [(*CASES[1], True)])
 @pytest.mark.parametrize("dtype", VARIANT_DTYPES)
 @VARIANT
-def test_perceiver_attention_dkdv_keys_major(N, H, L, M, D, mask_kind, split, dtype, monkeypatch, seed):
+def test_perceiver_attention_backward_switch(switch, N, H, L, M, D, mask_kind, split, dtype, monkeypatch, seed):
     from xgenmm_fast.ops.triton import perceiver_attention as pa
-    monkeypatch.setattr(pa, "DKDV_KEYS_MAJOR", True)
+    for name in switch:
+        monkeypatch.setattr(pa, name, True)
     _check_masked(N, H, L, M, D, mask_kind, split, dtype, monkeypatch)
 
 

@@ -7,7 +7,8 @@ import torch
 from xgenmm_fast.ops.attention import perceiver_attention_varlen_reference
 from xgenmm_fast.ops.triton.perceiver_varlen import perceiver_attention_varlen_triton
 
-from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT, VARIANT_DTYPES, as64, check, leaf
+from ._util import (BACKWARD_SWITCHES, DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT, VARIANT_DTYPES, as64,
+                    check, leaf)
 
 GRAD_FLOOR = 0.1  # as in test_perceiver_attention.py: some gradients are exactly zero in exact arithmetic
 
@@ -63,17 +64,19 @@ def test_perceiver_varlen_matches_loop_reference(H, L, D, counts, split, bound, 
     _check_varlen(H, L, D, counts, split, bound, dtype, monkeypatch)
 
 
-# the dK/dV scores as K·Qᵀ (DKDV_KEYS_MAJOR, off by default): every case with the padded head dim and the exact
-# bound, those with a non-power-of-two head dim also split, with the padded bound
-KEYS_MAJOR_CASES = [(*c, False, "exact") for c in CASES] + [(*c, True, "padded") for c in CASES if c[2] & (c[2] - 1)]
+# the backward's off-by-default switches (_util.BACKWARD_SWITCHES), alone and together: every case with the
+# padded head dim and the exact bound, those with a non-power-of-two head dim also split, with the padded bound
+SWITCH_CASES = [(*c, False, "exact") for c in CASES] + [(*c, True, "padded") for c in CASES if c[2] & (c[2] - 1)]
 
 
-@pytest.mark.parametrize("H,L,D,counts,split,bound", KEYS_MAJOR_CASES)
+@pytest.mark.parametrize("switch", BACKWARD_SWITCHES, ids="+".join)
+@pytest.mark.parametrize("H,L,D,counts,split,bound", SWITCH_CASES)
 @pytest.mark.parametrize("dtype", VARIANT_DTYPES)
 @VARIANT
-def test_perceiver_varlen_dkdv_keys_major(H, L, D, counts, split, bound, dtype, monkeypatch, seed):
+def test_perceiver_varlen_backward_switch(switch, H, L, D, counts, split, bound, dtype, monkeypatch, seed):
     from xgenmm_fast.ops.triton import perceiver_attention as pa
-    monkeypatch.setattr(pa, "DKDV_KEYS_MAJOR", True)
+    for name in switch:
+        monkeypatch.setattr(pa, name, True)
     _check_varlen(H, L, D, counts, split, bound, dtype, monkeypatch)
 
 
@@ -219,23 +222,31 @@ def test_unequal_tiles_varlen_and_masked(blocks, split, monkeypatch, seed):
           TOL_ATTN_BWD[torch.float32], GRAD_FLOOR)
 
 
-@pytest.mark.parametrize("tiles", [{"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 64)},
-                                   {"fwd": (64, 16), "dkdv": (16, 64), "dq": (32, 16)}])
-def test_tiles_per_kernel(tiles, monkeypatch, seed):
-    """Each kernel with tiles of its own, as on the GPU (INTERPRET_BLOCKS gives all the same), fp32."""
+@pytest.mark.parametrize("switch", [(), *BACKWARD_SWITCHES], ids=lambda s: "+".join(s) or "defaults")
+@pytest.mark.parametrize("tiles", [{"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 64), "dkdv_atomic_dq": (16, 32)},
+                                   {"fwd": (64, 16), "dkdv": (16, 64), "dq": (32, 16), "dkdv_atomic_dq": (32, 16)}])
+def test_tiles_per_kernel(tiles, switch, monkeypatch, seed):
+    """Each kernel with tiles of its own, as on the GPU (INTERPRET_BLOCKS gives all the same), fp32; with each
+    backward switch (ATOMIC_DQ's dK/dV kernel has tiles of its own, "dkdv_atomic_dq")."""
     if DEVICE == "cuda":
         pytest.skip("interpreter tile sizes only")
     from xgenmm_fast.ops.triton import perceiver_attention as pa
     from xgenmm_fast.ops.triton import perceiver_varlen as pv
+    for name in switch:
+        monkeypatch.setattr(pa, name, True)
     default = pa._cfg
+    asked = set()
 
     def cfg(d, kernel):
+        asked.add(kernel)
         c = default(d, kernel)
         c.update(BLOCK_M=tiles[kernel][0], BLOCK_N=tiles[kernel][1])
         return c
     monkeypatch.setattr(pa, "_cfg", cfg)
     monkeypatch.setattr(pv, "_cfg", cfg)  # imported by name there
     _check_fp32_vs_loop([45, 0, 33, 70], 2, 40, 24)
+    atomic = "ATOMIC_DQ" in switch  # its dK/dV kernel (own tiles) ran, and no dQ kernel
+    assert asked == ({"fwd", "dkdv_atomic_dq"} if atomic else {"fwd", "dkdv", "dq"})
 
 
 @pytest.mark.parametrize("transposed", [True, False])

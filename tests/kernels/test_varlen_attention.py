@@ -7,7 +7,8 @@ import torch
 from xgenmm_fast.ops.attention import decode_attention_reference, varlen_attention_reference
 from xgenmm_fast.ops.triton.varlen_attention import decode_attention_triton, varlen_attention_triton
 
-from ._util import DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT, VARIANT_DTYPES, as64, check, leaf
+from ._util import (BACKWARD_SWITCHES, DEVICE, DTYPES, TOL, TOL_ATTN_BWD, VARIANT, VARIANT_DTYPES, as64,
+                    check, leaf)
 
 # Some gradients are exactly zero in exact arithmetic (a query with one visible key: dq = dk = 0); the
 # floor measures such errors against the O(1) size of the terms (inputs and dout are N(0, 1)).
@@ -133,10 +134,7 @@ def test_varlen_attention_tiles_per_kernel(lens, Hq, Hkv, D, window, causal, til
     _check_fwd_bwd(lens, Hq, Hkv, D, window, causal, torch.float32)
 
 
-# the backward's off-by-default switches (sweep candidates), alone and together: DKDV_KEYS_MAJOR, the dK/dV
-# kernel's scores as K·Qᵀ; ATOMIC_DQ, dQ summed by the dK/dV kernel with atomic adds (every (query tile, key
-# block) pair adds its share once, rows past a sequence nothing)
-BACKWARD_SWITCHES = [("DKDV_KEYS_MAJOR",), ("ATOMIC_DQ",), ("DKDV_KEYS_MAJOR", "ATOMIC_DQ")]
+# the backward's off-by-default switches (_util.BACKWARD_SWITCHES; with ATOMIC_DQ rows past a sequence add nothing)
 
 
 @pytest.mark.parametrize("switch", BACKWARD_SWITCHES, ids="+".join)

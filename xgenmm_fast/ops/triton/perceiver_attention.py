@@ -9,7 +9,8 @@ Every tile of the batch (N) and every head runs in one launch. All tensors may b
 
 Backward: delta = rowsum(dO · O) (one pass, `_flash.backward_delta`), a dQ kernel over both sources, and one
 dK/dV launch whose programs cover media key blocks first, then latent key blocks (each program owns its key
-rows: no atomics). Masked media keys get zero gradient. Every query row sees at least the latent keys, so no
+rows: no atomics; with ATOMIC_DQ, off by default, the dK/dV programs also add dQ into an fp32 buffer by atomic
+adds and no dQ kernel runs). Masked media keys get zero gradient. Every query row sees at least the latent keys, so no
 row is ever empty. The head dim (96 at the released size) is one tile padded to the next power of two, or,
 with SPLIT_HEAD_DIM, two tile parts (64 + 32; `_flash.head_split`), as in the LM attention kernels.
 """
@@ -21,8 +22,9 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..attention import perceiver_attention_reference
-from ._flash import (BACKWARD_TILES, backward_delta, dkdv_step, dkdv_step_keys_major, dot_t, dq_step, head_split,
-                     load_head, online_softmax_step, store_head, zeros_head)
+from ._flash import (BACKWARD_TILES, backward_delta, dkdv_dq_step, dkdv_dq_step_keys_major, dkdv_step,
+                     dkdv_step_keys_major, dot_t, dq_step, head_split, load_head, online_softmax_step, store_head,
+                     zeros_head)
 from ._utils import interpreting, lastdim_contig, triton_custom_op, usable
 
 LOG2E = 1.4426950408889634
@@ -170,12 +172,15 @@ def _perceiver_bwd_dq_kernel(Q, KM, VM, KL, VL, MASK, DO, LSE, DELTA, DQ,
 
 
 @triton.jit
-def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, MASKB, b, h, start_n, n_keys,
+def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, DQACC, MASKB, b, h, start_n, n_keys,
                 sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
-                sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, H, L, D, qk_scale, sm_scale,
+                sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, sdq_b, sdq_h, sdq_t, H, L, D, qk_scale, sm_scale,
                 HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
-                KEYS_MAJOR: tl.constexpr = False):
+                KEYS_MAJOR: tl.constexpr = False, ATOMIC_DQ: tl.constexpr = False):
+    """dK/dV of key rows [start_n, start_n + BLOCK_N) of one source (n_keys rows) from every query of (b, h).
+    ATOMIC_DQ: each query tile's dS · K is also added into the fp32 DQACC ((N, H, L, D) strides sdq_*): keys
+    past n_keys load k = 0 and masked keys have dS = 0, so only real keys contribute."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     nmask = offs_n[:, None] < n_keys
@@ -188,6 +193,7 @@ def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, MASKB, b, h, start_n, n_keys,
     dv_a, dv_b = zeros_head(BLOCK_N, BLOCK_DA, BLOCK_DB)
     QB = Q + b * sq_b + h * sq_h
     DOB = DO + b * sdo_b + h * sdo_h
+    DQB = DQACC + b * sdq_b + h * sdq_h
     for start_m in range(0, L, BLOCK_M):
         rows = start_m + offs_m
         qa, qb = load_head(QB, rows[:, None], sq_t, rows[:, None] < L, D, BLOCK_DA, BLOCK_DB)
@@ -199,30 +205,41 @@ def _dkdv_block(Q, DO, LSE, DELTA, K, V, DK, DV, MASKB, b, h, start_n, n_keys,
             pt = tl.exp2(kq - lse[None, :])
             if HAS_MASK:
                 pt = tl.where(visible[:, None], pt, 0.0)
-            dk_a, dk_b, dv_a, dv_b = dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a,
-                                                          dv_b, BLOCK_DB, PRECISION)
+            if ATOMIC_DQ:
+                dk_a, dk_b, dv_a, dv_b = dkdv_dq_step_keys_major(
+                    pt, delta, qa, qb, doa, dob, va, vb, ka, kb, dk_a, dk_b, dv_a, dv_b, DQB, rows.to(tl.int64),
+                    rows < L, sdq_t, D, BLOCK_DA, BLOCK_DB, PRECISION)
+            else:
+                dk_a, dk_b, dv_a, dv_b = dkdv_step_keys_major(pt, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a,
+                                                              dv_b, BLOCK_DB, PRECISION)
         else:
             qk = dot_t(qa, qb, ka, kb, BLOCK_DB, PRECISION) * qk_scale
             p = tl.exp2(qk - lse[:, None])  # rows past L load lse = +inf: p = 0 there
             if HAS_MASK:  # (keys past n_keys are never stored: only the token mask matters)
                 p = tl.where(visible[None, :], p, 0.0)
-            dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b,
-                                               BLOCK_DB, PRECISION)
+            if ATOMIC_DQ:
+                dk_a, dk_b, dv_a, dv_b = dkdv_dq_step(p, delta, qa, qb, doa, dob, va, vb, ka, kb, dk_a, dk_b, dv_a,
+                                                      dv_b, DQB, rows[:, None].to(tl.int64), sdq_t,
+                                                      rows[:, None] < L, D, BLOCK_DA, BLOCK_DB, PRECISION)
+            else:
+                dk_a, dk_b, dv_a, dv_b = dkdv_step(p, delta, qa, qb, doa, dob, va, vb, dk_a, dk_b, dv_a, dv_b,
+                                                   BLOCK_DB, PRECISION)
     store_head(DK + b * sdk_b + h * sdk_h, offs_n[:, None], sdk_t, nmask, D, dk_a * sm_scale, dk_b * sm_scale,
                BLOCK_DA, BLOCK_DB)
     store_head(DV + b * sdv_b + h * sdv_h, offs_n[:, None], sdv_t, nmask, D, dv_a, dv_b, BLOCK_DA, BLOCK_DB)
 
 
 @triton.jit
-def _perceiver_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, KL, VL, DKM, DVM, DKL, DVL, MASK,
+def _perceiver_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, KL, VL, DKM, DVM, DKL, DVL, DQACC, MASK,
                                sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t,
                                skm_b, skm_h, skm_t, svm_b, svm_h, svm_t, skl_b, skl_h, skl_t,
                                svl_b, svl_h, svl_t, sdkm_b, sdkm_h, sdkm_t, sdvm_b, sdvm_h, sdvm_t,
-                               sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, smask_b,
+                               sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, sdq_b, sdq_h, sdq_t, smask_b,
                                H, L, M, D, n_media_blocks, qk_scale, sm_scale,
                                HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
-                               BLOCK_DB: tl.constexpr, KEYS_MAJOR: tl.constexpr = False):
+                               BLOCK_DB: tl.constexpr, KEYS_MAJOR: tl.constexpr = False,
+                               ATOMIC_DQ: tl.constexpr = False):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -230,15 +247,15 @@ def _perceiver_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, KL, VL, DKM, DVM, DKL,
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)
     if pid < n_media_blocks:
-        _dkdv_block(Q, DO, LSE, DELTA, KM, VM, DKM, DVM, MASK + b * smask_b, b, h, pid * BLOCK_N, M,
+        _dkdv_block(Q, DO, LSE, DELTA, KM, VM, DKM, DVM, DQACC, MASK + b * smask_b, b, h, pid * BLOCK_N, M,
                     sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, skm_b, skm_h, skm_t, svm_b, svm_h, svm_t,
-                    sdkm_b, sdkm_h, sdkm_t, sdvm_b, sdvm_h, sdvm_t, H, L, D, qk_scale, sm_scale,
-                    HAS_MASK, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
+                    sdkm_b, sdkm_h, sdkm_t, sdvm_b, sdvm_h, sdvm_t, sdq_b, sdq_h, sdq_t, H, L, D, qk_scale, sm_scale,
+                    HAS_MASK, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR, ATOMIC_DQ)
     else:
-        _dkdv_block(Q, DO, LSE, DELTA, KL, VL, DKL, DVL, MASK, b, h, (pid - n_media_blocks) * BLOCK_N, L,
+        _dkdv_block(Q, DO, LSE, DELTA, KL, VL, DKL, DVL, DQACC, MASK, b, h, (pid - n_media_blocks) * BLOCK_N, L,
                     sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, skl_b, skl_h, skl_t, svl_b, svl_h, svl_t,
-                    sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, H, L, D, qk_scale, sm_scale,
-                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
+                    sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, sdq_b, sdq_h, sdq_t, H, L, D, qk_scale, sm_scale,
+                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR, ATOMIC_DQ)
 
 
 # (BLOCK_M, BLOCK_N) under the interpreter; tests also set unequal sizes (the GPU's backward tiles are)
@@ -249,10 +266,18 @@ SPLIT_HEAD_DIM = False
 # the dK/dV kernels' scores as K·Qᵀ (as varlen_attention.DKDV_KEYS_MAJOR; perceiver_varlen reads it here too);
 # off until a GPU benchmark says it pays
 DKDV_KEYS_MAJOR = False
+# dQ from the dK/dV kernels by fp32 atomic adds, no dQ kernel (as varlen_attention.ATOMIC_DQ; perceiver_varlen
+# reads it here too): each (query tile, key block) pair adds its dS · K, so the dQ kernel's recompute of the
+# scores and dP over all 128 + ~700 keys of a tile (two of the backward's seven matmuls) is gone; one fp32 ->
+# dtype pass follows. Not bit-reproducible. Off until a GPU benchmark says it pays; tested both ways.
+ATOMIC_DQ = False
+# its dK/dV kernel's tiles ("dkdv_atomic_dq"), from the sm_90 static check at head dim 96: see _cfg
+ATOMIC_DQ_TILES = dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
 
 
 def _cfg(D: int, kernel: str) -> dict:
-    """Tile sizes and launch options per kernel ("fwd", "dkdv", "dq"; shared with perceiver_varlen.py).
+    """Tile sizes and launch options per kernel ("fwd", "dkdv", "dq", "dkdv_atomic_dq"; shared with
+    perceiver_varlen.py).
     On the GPU: the forward 64 x 64, 8 warps (spill-free at sm_90, head dim 96); the backward kernels
     the LM attention's measured tiles (_flash.BACKWARD_TILES)."""
     da, db = head_split(D, SPLIT_HEAD_DIM)
@@ -262,6 +287,8 @@ def _cfg(D: int, kernel: str) -> dict:
         return dict(BLOCK_M=bm, BLOCK_N=bn, **heads, num_warps=1, num_stages=1)
     if kernel in BACKWARD_TILES:
         return dict(BACKWARD_TILES[kernel], **heads)
+    if kernel == "dkdv_atomic_dq":
+        return dict(ATOMIC_DQ_TILES, **heads)
     return dict(BLOCK_M=64, BLOCK_N=64, **heads, num_warps=8, num_stages=3)
 
 
@@ -304,29 +331,33 @@ def perceiver_attn_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tensor,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     N, H, L, D = q.shape
     M = k_media.shape[2]
-    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    atomic_dq = ATOMIC_DQ
+    # with ATOMIC_DQ the dK/dV kernel sums dQ into an fp32 buffer (zeroed: every pair adds to it)
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32 if atomic_dq else q.dtype, device=q.device)
     dkm, dvm = torch.zeros(k_media.shape, dtype=k_media.dtype, device=q.device), torch.zeros(
         v_media.shape, dtype=v_media.dtype, device=q.device)
     dkl, dvl = torch.zeros(k_latent.shape, dtype=k_latent.dtype, device=q.device), torch.zeros(
         v_latent.shape, dtype=v_latent.dtype, device=q.device)
     if N == 0 or H == 0 or L == 0:
-        return dq, dkm, dvm, dkl, dvl
+        return dq_acc.to(q.dtype), dkm, dvm, dkl, dvl
     do = lastdim_contig(do)  # the output projection's gradient, a (tile, head, latent) view
     delta = backward_delta(o, do, torch.empty((N, H, L), dtype=torch.float32, device=q.device), interpreting())
     common = dict(HAS_MASK=has_mask, PRECISION=_precision(q.dtype))
-    c = _cfg(D, "dq")
-    wrap_triton(_perceiver_bwd_dq_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](
-        q, k_media, v_media, k_latent, v_latent, media_mask, do, lse, delta, dq,
-        *_s(q), *_s(k_media), *_s(v_media), *_s(k_latent), *_s(v_latent), *_s(do), *_s(dq), media_mask.stride(0),
-        H, L, M, D, scale * LOG2E, scale, **common, **c)
-    c = _cfg(D, "dkdv")
+    if not atomic_dq:
+        c = _cfg(D, "dq")
+        wrap_triton(_perceiver_bwd_dq_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](
+            q, k_media, v_media, k_latent, v_latent, media_mask, do, lse, delta, dq_acc,
+            *_s(q), *_s(k_media), *_s(v_media), *_s(k_latent), *_s(v_latent), *_s(do), *_s(dq_acc),
+            media_mask.stride(0), H, L, M, D, scale * LOG2E, scale, **common, **c)
+    c = _cfg(D, "dkdv_atomic_dq" if atomic_dq else "dkdv")
     n_media_blocks = triton.cdiv(M, c["BLOCK_N"])
     wrap_triton(_perceiver_bwd_dkdv_kernel)[(n_media_blocks + triton.cdiv(L, c["BLOCK_N"]), N, H)](
-        q, do, lse, delta, k_media, v_media, k_latent, v_latent, dkm, dvm, dkl, dvl, media_mask,
+        q, do, lse, delta, k_media, v_media, k_latent, v_latent, dkm, dvm, dkl, dvl, dq_acc, media_mask,
         *_s(q), *_s(do), *_s(k_media), *_s(v_media), *_s(k_latent), *_s(v_latent),
-        *_s(dkm), *_s(dvm), *_s(dkl), *_s(dvl), media_mask.stride(0),
-        H, L, M, D, n_media_blocks, scale * LOG2E, scale, KEYS_MAJOR=DKDV_KEYS_MAJOR, **common, **c)
-    return dq, dkm, dvm, dkl, dvl
+        *_s(dkm), *_s(dvm), *_s(dkl), *_s(dvl), *_s(dq_acc), media_mask.stride(0),
+        H, L, M, D, n_media_blocks, scale * LOG2E, scale, KEYS_MAJOR=DKDV_KEYS_MAJOR, ATOMIC_DQ=atomic_dq,
+        **common, **c)
+    return (dq_acc * scale).to(q.dtype) if atomic_dq else dq_acc, dkm, dvm, dkl, dvl
 
 
 def _setup(ctx, inputs, output):

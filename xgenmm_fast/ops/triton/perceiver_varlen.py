@@ -13,7 +13,8 @@ model's q and latent k/v are (tile, head, latent) views of (tile, latent, head·
 
 Backward: delta = rowsum(dO · O) (one pass, `_flash.backward_delta`), a dQ kernel over both sources, and one
 dK/dV launch whose programs cover, for each chunk, cdiv(max_media, BLOCK_N) media key blocks (those past the
-chunk's count exit at once) and then the latent key blocks. Each program owns its key rows: no atomics. A
+chunk's count exit at once) and then the latent key blocks. Each program owns its key rows: no atomics (with
+perceiver_attention.ATOMIC_DQ, off by default, the dK/dV programs add dQ by atomics and no dQ kernel runs). A
 chunk with no media keys is fine: its queries see only the latents, so no query row is ever empty.
 """
 from __future__ import annotations
@@ -83,13 +84,14 @@ def _perceiver_varlen_bwd_dq_kernel(Q, KM, VM, CU, KL, VL, DO, LSE, DELTA, DQ,
 
 
 @triton.jit
-def _perceiver_varlen_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, CU, KL, VL, DKM, DVM, DKL, DVL,
+def _perceiver_varlen_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, CU, KL, VL, DKM, DVM, DKL, DVL, DQACC,
                                       sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t,
                                       skm_t, skm_h, svm_t, svm_h, skl_b, skl_h, skl_t, svl_b, svl_h, svl_t,
                                       sdkm_t, sdkm_h, sdvm_t, sdvm_h, sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t,
-                                      H, L, D, n_media_blocks, qk_scale, sm_scale, PRECISION: tl.constexpr,
-                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DA: tl.constexpr,
-                                      BLOCK_DB: tl.constexpr, KEYS_MAJOR: tl.constexpr = False):
+                                      sdq_b, sdq_h, sdq_t, H, L, D, n_media_blocks, qk_scale, sm_scale,
+                                      PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                      BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr,
+                                      KEYS_MAJOR: tl.constexpr = False, ATOMIC_DQ: tl.constexpr = False):
     # a float argument may arrive as fp64 under torch.compile (Inductor); keep the math in fp32
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -102,15 +104,15 @@ def _perceiver_varlen_bwd_dkdv_kernel(Q, DO, LSE, DELTA, KM, VM, CU, KL, VL, DKM
         if pid * BLOCK_N < n_media:  # blocks past this chunk's count own no rows
             # the chunk's rows as a source of its own (base pointers moved to row cu[b]; batch stride 0)
             _dkdv_block(Q, DO, LSE, DELTA, KM + media_start * skm_t, VM + media_start * svm_t,
-                        DKM + media_start * sdkm_t, DVM + media_start * sdvm_t, CU, b, h, pid * BLOCK_N, n_media,
-                        sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, 0, skm_h, skm_t, 0, svm_h, svm_t,
-                        0, sdkm_h, sdkm_t, 0, sdvm_h, sdvm_t, H, L, D, qk_scale, sm_scale,
-                        False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
+                        DKM + media_start * sdkm_t, DVM + media_start * sdvm_t, DQACC, CU, b, h, pid * BLOCK_N,
+                        n_media, sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, 0, skm_h, skm_t, 0, svm_h, svm_t,
+                        0, sdkm_h, sdkm_t, 0, sdvm_h, sdvm_t, sdq_b, sdq_h, sdq_t, H, L, D, qk_scale, sm_scale,
+                        False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR, ATOMIC_DQ)
     else:
-        _dkdv_block(Q, DO, LSE, DELTA, KL, VL, DKL, DVL, CU, b, h, (pid - n_media_blocks) * BLOCK_N, L,
+        _dkdv_block(Q, DO, LSE, DELTA, KL, VL, DKL, DVL, DQACC, CU, b, h, (pid - n_media_blocks) * BLOCK_N, L,
                     sq_b, sq_h, sq_t, sdo_b, sdo_h, sdo_t, skl_b, skl_h, skl_t, svl_b, svl_h, svl_t,
-                    sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, H, L, D, qk_scale, sm_scale,
-                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR)
+                    sdkl_b, sdkl_h, sdkl_t, sdvl_b, sdvl_h, sdvl_t, sdq_b, sdq_h, sdq_t, H, L, D, qk_scale, sm_scale,
+                    False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_DA, BLOCK_DB, KEYS_MAJOR, ATOMIC_DQ)
 
 
 def _s_packed(x: torch.Tensor) -> tuple[int, int]:
@@ -151,23 +153,30 @@ def perceiver_varlen_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tenso
     # the chunks cover the media rows (cu_media from 0 to total_media). dQ and the latent dK/dV take q's
     # memory layout (the model's (tile, latent, head·D) projections: their views' autograd then copies
     # nothing); the media dK/dV are contiguous (total, H, D), as the model's media k/v projections are.
-    dq, dkl, dvl = (_utils.unwritten_like(q) for _ in range(3))
+    # with ATOMIC_DQ the dK/dV kernel sums dQ into an fp32 buffer in q's layout (zeroed: every pair adds to it)
+    atomic_dq = _pa.ATOMIC_DQ
+    dq = torch.zeros_like(q, dtype=torch.float32) if atomic_dq else _utils.unwritten_like(q)
+    dkl, dvl = (_utils.unwritten_like(q) for _ in range(2))
     dkm, dvm = (_utils.unwritten(t.shape, t.dtype, q.device) for t in (k_media, v_media))
     do = lastdim_contig(do)  # the output projection's gradient, a (tile, head, latent) view
     delta = backward_delta(o, do, torch.empty((N, H, L), dtype=torch.float32, device=q.device), interpreting())
     common = dict(PRECISION=_precision(q.dtype))
-    c = _cfg(D, "dq")
-    wrap_triton(_perceiver_varlen_bwd_dq_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](
-        q, k_media, v_media, cu_media, k_latent, v_latent, do, lse, delta, dq,
-        *_s(q), *_s_packed(k_media), *_s_packed(v_media), *_s(k_latent), *_s(v_latent), *_s(do), *_s(dq),
-        H, L, D, scale * LOG2E, scale, **common, **c)
-    c = _cfg(D, "dkdv")
+    if not atomic_dq:
+        c = _cfg(D, "dq")
+        wrap_triton(_perceiver_varlen_bwd_dq_kernel)[(triton.cdiv(L, c["BLOCK_M"]), N, H)](
+            q, k_media, v_media, cu_media, k_latent, v_latent, do, lse, delta, dq,
+            *_s(q), *_s_packed(k_media), *_s_packed(v_media), *_s(k_latent), *_s(v_latent), *_s(do), *_s(dq),
+            H, L, D, scale * LOG2E, scale, **common, **c)
+    c = _cfg(D, "dkdv_atomic_dq" if atomic_dq else "dkdv")
     n_media_blocks = triton.cdiv(max_media, c["BLOCK_N"])
     wrap_triton(_perceiver_varlen_bwd_dkdv_kernel)[(n_media_blocks + triton.cdiv(L, c["BLOCK_N"]), N, H)](
-        q, do, lse, delta, k_media, v_media, cu_media, k_latent, v_latent, dkm, dvm, dkl, dvl,
+        q, do, lse, delta, k_media, v_media, cu_media, k_latent, v_latent, dkm, dvm, dkl, dvl, dq,
         *_s(q), *_s(do), *_s_packed(k_media), *_s_packed(v_media), *_s(k_latent), *_s(v_latent),
-        *_s_packed(dkm), *_s_packed(dvm), *_s(dkl), *_s(dvl),
-        H, L, D, n_media_blocks, scale * LOG2E, scale, KEYS_MAJOR=_pa.DKDV_KEYS_MAJOR, **common, **c)
+        *_s_packed(dkm), *_s_packed(dvm), *_s(dkl), *_s(dvl), *_s(dq),
+        H, L, D, n_media_blocks, scale * LOG2E, scale, KEYS_MAJOR=_pa.DKDV_KEYS_MAJOR, ATOMIC_DQ=atomic_dq,
+        **common, **c)
+    if atomic_dq:  # one pass: scale and round into q's dtype and layout
+        return torch.mul(dq, scale, out=_utils.unwritten_like(q)), dkm, dvm, dkl, dvl
     return dq, dkm, dvm, dkl, dvl
 
 
