@@ -26,6 +26,7 @@ from xgenmm_fast import XGenMM, XGenMMConfig  # noqa: E402
 from xgenmm_fast.data.packed import StreamSample, pack_samples  # noqa: E402
 from xgenmm_fast.data.planner import plan_rows  # noqa: E402
 from xgenmm_fast.model.init import init_random_weights  # noqa: E402
+from xgenmm_fast.training.engine import adamw_fused  # noqa: E402
 
 GROUPS = [  # (group, substrings of the kernel name), first match wins
     ("attention (varlen, LM)", ("varlen_attn", "_attn_fwd", "_attn_bwd", "flash")),
@@ -80,7 +81,9 @@ def main(argv=None) -> int:
     lengths = [len(x.input_ids) - len(x.tiles) + L * sum(t.shape[0] for t in x.tiles) for x in stream]
     packed = [pack_samples([stream[i] for i in r], cfg.media_token_id, L, args.max_tokens).to(device, dtype)
               for r in plan_rows(lengths, args.max_tokens)]
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-6)
+    # the trainer's AdamW (optim.fused=auto: single-kernel on CUDA), as bench_sft_step's ours steps it
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-6,
+                            fused=adamw_fused("auto", torch.device(device)))
 
     def step():
         for b in packed:

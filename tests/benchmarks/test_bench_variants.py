@@ -109,6 +109,19 @@ def test_zero2_variant_runs_on_cpu():
     assert z["extra"]["ds_config"]["zero_optimization"]["stage"] == 2
     assert "sft_step/baseline_liger/samples_per_s" not in rows  # not asked for
     assert doc["runs"]["bench_sft_step"]["variants"] == {"ours_zero2": "measured"}
+    # on the CPU the trainer's AdamW (optim.fused=auto) is not fused: both sides step the for-loop AdamW
+    assert rows["sft_step/samples_per_s"]["extra"]["optimizer"] == {"ours": "AdamW (for-loop)",
+                                                                   "baseline": "AdamW (for-loop)"}
+
+
+def test_optimizer_text_names_what_torch_steps(monkeypatch):
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    assert sft.optimizer_text(torch.optim.AdamW(p, fused=True)) == "AdamW (fused)"
+    assert sft.optimizer_text(torch.optim.AdamW(p, foreach=True)) == "AdamW (foreach)"
+    assert sft.optimizer_text(torch.optim.AdamW(p)) == "AdamW (for-loop)"  # foreach=None on CPU tensors
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert sft.optimizer_text(torch.optim.AdamW(p)) == "AdamW (foreach)"  # ... and on CUDA tensors
+    assert sft.optimizer_text(torch.optim.AdamW(p, foreach=False)) == "AdamW (for-loop)"
 
 
 def test_attention_library_row_preference(monkeypatch):
