@@ -2,7 +2,8 @@
 step past its cap is stopped with SIGINT first (Python gets a KeyboardInterrupt, so pytest would still write
 its summary and junit XML), recorded as a timeout, and fails the script's status; a step with under 10 s left
 before the deadline is skipped and fails it too; gpu_session.sh checks its arguments and leaves the kernel
-check's results in its output folder before the end-to-end part starts. ~30 s."""
+check's results in its output folder before the end-to-end part starts; the tests a step's pytest has not
+started by XGENMM_TEST_DEADLINE are skipped with that reason and fail the session. ~30 s."""
 from __future__ import annotations
 
 import json
@@ -43,6 +44,31 @@ step slow 10 "$PY" {sleeper}
     assert steps[0]["rc"] == 0 and steps[1]["rc"] == 124 and steps[1]["seconds"] < 25
     assert "interrupted cleanly" in (tmp_path / "slow.log").read_text()  # SIGINT reached Python first
     assert "TIMEOUT after 10s" in p.stdout and "status=1" in p.stdout
+
+
+def test_a_step_tells_its_tests_when_to_stop_starting(tmp_path):
+    """XGENMM_TEST_DEADLINE: the step's limit minus a margin (a fifth of it, at most 25 s)."""
+    p, steps = _run_steps(tmp_path, """
+t0=$(date +%s)
+step short 10 bash -c 'echo $(( XGENMM_TEST_DEADLINE - '$t0' ))'
+step long 200 bash -c 'echo $(( XGENMM_TEST_DEADLINE - '$t0' ))'
+""")
+    assert [s["rc"] for s in steps] == [0, 0], p.stdout
+    short, long = (int((tmp_path / f"{n}.log").read_text()) for n in ("short", "long"))
+    # short: limit 10, margin 2; long: capped by the 60 s deadline, margin 12 (either may start a second late)
+    assert short in (7, 8, 9) and long in (47, 48, 49)
+
+
+def test_tests_past_the_deadline_are_skipped_by_name_and_fail_the_session(tmp_path):
+    env = {**os.environ, "XGENMM_TEST_DEADLINE": "1"}  # long past
+    p = subprocess.run([sys.executable, "-m", "pytest", os.path.join(ROOT, "tests", "kernels", "test_dispatch.py"),
+                        "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={tmp_path / 'j.xml'}"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert p.returncode == 2, p.stdout[-2000:]  # interrupted, not passed
+    assert "tests not run: the step's time ran out" in p.stdout
+    assert "passed" not in p.stdout.splitlines()[-1]
+    junit = (tmp_path / "j.xml").read_text()
+    assert junit.count("the step's time ran out") >= 1 and 'failures="0"' in junit
 
 
 def test_a_step_without_time_left_is_skipped_and_fails_the_status(tmp_path):
@@ -91,4 +117,10 @@ def test_gpu_session_leaves_the_check_results_before_the_bench_part(tmp_path):
     assert {"pytest_kernels", "pytest_model", "pytest_kernel_variants", "bench_kernels"} <= set(steps), steps
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = tar.getnames()
+        variants = tar.extractfile(next(n for n in names if n.endswith("check/pytest_kernel_variants.log")))
+        args = variants.read().decode().split()
     assert any(n.endswith("check/pytest_kernels.log") for n in names), names
+    # the variant tests: the LM attention's file first, then every other kernel test file once
+    files = [a for a in args if a.startswith("tests/")]
+    assert files[0] == "tests/kernels/test_varlen_attention.py" and len(files) == len(set(files)), files
+    assert "tests/kernels/test_perceiver_varlen.py" in files and args[args.index("-m", 3) + 1] == "variant"
