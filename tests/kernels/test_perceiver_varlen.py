@@ -249,13 +249,16 @@ def test_tiles_per_kernel(tiles, switch, monkeypatch, seed):
     assert asked == ({"fwd", "dkdv_atomic_dq"} if atomic else {"fwd", "dkdv", "dq"})
 
 
+@pytest.mark.parametrize("atomic_dq", [False, True])
 @pytest.mark.parametrize("transposed", [True, False])
-def test_out_and_latent_grads_take_q_layout(transposed, seed):
+def test_out_and_latent_grads_take_q_layout(transposed, atomic_dq, monkeypatch, seed):
     """out, dQ and the latent dK/dV come back in q's memory layout: for the model's (tile, head, latent) views
     of (tile, latent, head·D) projections that makes out.transpose(1, 2) contiguous (the model's reshape is a
     view) and the gradients of the views need no copy; a contiguous q gives contiguous ones. (The backward op
     is called directly: autograd's retained gradients are copies in its own layout.)"""
+    from xgenmm_fast.ops.triton import perceiver_attention as pa
     from xgenmm_fast.ops.triton.perceiver_varlen import perceiver_varlen_bwd, perceiver_varlen_fwd
+    monkeypatch.setattr(pa, "ATOMIC_DQ", atomic_dq)  # (then dQ is summed in fp32 and rounded into q's layout)
     N, H, L, D, counts = 2, 3, 5, 16, [4, 7]
     cu = _cu(counts).to(DEVICE)
     q, km, vm, kl, vl = (t.detach() for t in _inputs(N, H, L, sum(counts), D, torch.float32))
