@@ -42,12 +42,20 @@ def test_smoke_rows_and_restored_module(tmp_path):
     assert {(r["split_head_dim"], r["dkdv_keys_major"]) for r in perceiver if r["kernel"] == "fwd_bwd"
             and r["atomic_dq"]} == {(False, False), (True, False), (False, True), (True, True)}
     assert all(r["atomic_dq"] for r in perceiver if r["kernel"] == "dkdv_atomic_dq")
+    sdpa = [r for r in rows if r.get("family") == "sdpa"]
+    assert sorted(r["kernel"] for r in sdpa) == ["fwd", "fwd_bwd"] and all(r["ms"] > 0 for r in sdpa), sdpa
+    combined = [r for r in rows if r.get("combined")]
+    assert sorted(r["kernel"] for r in combined) == ["fwd", "fwd_bwd"], combined
     for r in rows:
+        if r.get("family") == "sdpa":
+            continue
         assert "error" not in r, r
         assert r["ms"] > 0 and r["max_abs_diff"] < 1e-4, r  # fp32: candidates agree with the default tiles
         assert r["agrees"] and r["max_abs_err_fp32"] < 1e-4, r  # ... and with the fp32 reference
     assert any(line.startswith("lm fwd_bwd: fastest agreeing") for line in doc["recommendations"])
     assert not any(line.startswith("DISAGREES") for line in doc["recommendations"])
+    versus = [line for line in doc["recommendations"] if " vs SDPA flash " in line]
+    assert len(versus) == 2 and all("defaults" in line and "combined" in line for line in versus), versus
 
 
 def test_agreement_flags_a_row_far_from_the_reference():
@@ -91,3 +99,36 @@ def test_recommendations_skip_disagreeing_rows_and_compare_with_the_current_defa
     # the defaults' own row is the baseline: with split on as the default, the split row (5.0 ms)
     lines = sweep.recommendations(rows, {"lm": {**off, "split_head_dim": True, "atomic_dq": False}, "perceiver": off})
     assert any(ln.startswith("lm fwd_bwd") and ln.endswith("4.5 ms vs the defaults' 5.0 ms (1.11x)") for ln in lines)
+
+
+def test_combined_choice_takes_the_fastest_agreeing_setting_and_its_own_tiles():
+    t1, t2, t3 = ({"BLOCK_M": m, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2} for m in (16, 32, 64))
+    rows = [_row("fwd_bwd", 6.0, atomic=False), _row("fwd_bwd", 5.0, split=True, atomic=False),
+            _row("fwd_bwd", 4.5, atomic=True),
+            _row("fwd_bwd", 4.0, split=True, atomic=True, agrees=False),  # faster, but wrong: never chosen
+            _row("dkdv_atomic_dq", 4.2, tiles=t1, atomic=True),
+            _row("dkdv_atomic_dq", 3.9, tiles=t2, atomic=True, agrees=False),
+            _row("dkdv_atomic_dq", 4.4, tiles=t3, split=True, atomic=True),  # another setting: not this one's
+            _row("dkdv", 3.0, tiles=t3, atomic=False),  # the dQ-kernel backward's tiles: another setting
+            _row("fwd", 1.4), _row("fwd", 1.2, tiles=t1), _row("fwd", 1.1, tiles=t2, split=True),
+            _row("fwd_bwd", 4.2, atomic=True, family="perceiver")]
+    switches, backward, forward = sweep.combined_choice(rows)
+    assert switches == {"split_head_dim": False, "dkdv_keys_major": False, "atomic_dq": True}
+    assert backward == {"dkdv_atomic_dq": t1} and forward == {"fwd": t1}
+    # no tile row beats the setting's default tiles: none is taken
+    slow = [r for r in rows if r["kernel"] != "dkdv_atomic_dq"] + [_row("dkdv_atomic_dq", 4.6, tiles=t1, atomic=True)]
+    assert sweep.combined_choice(slow)[1] == {}
+    assert sweep.combined_choice([_row("fwd", 1.4)]) is None  # no fwd+bwd setting measured
+
+
+def test_versus_sdpa_puts_the_defaults_and_the_combined_row_against_sdpa():
+    t = {"dkdv_atomic_dq": {"BLOCK_M": 32}}
+    rows = [_row("fwd_bwd", 6.0, atomic=False), {**_row("fwd_bwd", 4.0, tiles=t, atomic=True), "combined": True},
+            {"family": "sdpa", "kernel": "fwd_bwd", "tiles": "sdpa_flash", "ms": 3.0, "tflops": 200.0}]
+    for r in rows[:2]:
+        r["tflops"] = 100.0
+    (line,) = sweep.versus_sdpa(rows)
+    assert line.startswith("lm fwd_bwd vs SDPA flash (3.0 ms, 200.0 TFLOP/s) (target >= 0.9x)")
+    assert "defaults 6.0 ms, 100.0 TFLOP/s = 0.50x SDPA's speed" in line
+    assert "atomic_dq=True" in line and "4.0 ms, 100.0 TFLOP/s = 0.75x SDPA's speed" in line
+    assert sweep.versus_sdpa(rows[:2]) == []  # no SDPA row: nothing to compare with
