@@ -10,8 +10,8 @@ Every tile of the batch (N) and every head runs in one launch. All tensors may b
 Backward: delta = rowsum(dO · O) (one pass, `_flash.backward_delta`), a dQ kernel over both sources, and one
 dK/dV launch whose programs cover media key blocks first, then latent key blocks (each program owns its key
 rows: no atomics; with ATOMIC_DQ, off by default, the dK/dV programs also add dQ into an fp32 buffer by atomic
-adds and no dQ kernel runs). Masked media keys get zero gradient. Every query row sees at least the latent keys, so no
-row is ever empty. The head dim (96 at the released size) is one tile padded to the next power of two, or,
+adds and no dQ kernel runs). Masked media keys get zero gradient. Every query row sees at least the latent
+keys, so no row is ever empty. The head dim (96 at the released size) is one tile padded to the next power of two, or,
 with SPLIT_HEAD_DIM, two tile parts (64 + 32; `_flash.head_split`), as in the LM attention kernels.
 """
 from __future__ import annotations
@@ -357,7 +357,9 @@ def perceiver_attn_bwd(do: torch.Tensor, q: torch.Tensor, k_media: torch.Tensor,
         *_s(dkm), *_s(dvm), *_s(dkl), *_s(dvl), *_s(dq_acc), media_mask.stride(0),
         H, L, M, D, n_media_blocks, scale * LOG2E, scale, KEYS_MAJOR=DKDV_KEYS_MAJOR, ATOMIC_DQ=atomic_dq,
         **common, **c)
-    return (dq_acc * scale).to(q.dtype) if atomic_dq else dq_acc, dkm, dvm, dkl, dvl
+    if atomic_dq:  # one pass: scale and round into q's dtype
+        return torch.mul(dq_acc, scale, out=torch.empty(q.shape, dtype=q.dtype, device=q.device)), dkm, dvm, dkl, dvl
+    return dq_acc, dkm, dvm, dkl, dvl
 
 
 def _setup(ctx, inputs, output):
