@@ -228,6 +228,15 @@ def _synchronizer(device: str | None) -> Callable[[], None]:
     return torch.cuda.synchronize
 
 
+def kernel_settings_config() -> dict:
+    """{"kernel_settings": ...} for a row's config when XGENMM_KERNEL_SETTINGS (or tuning.apply) changed the
+    attention kernels' switches or tiles from the defaults (xgenmm_fast/ops/triton/tuning.py): such rows are
+    other rows than the defaults' in a results file. {} with the defaults."""
+    from xgenmm_fast.ops.triton import tuning
+    text = tuning.describe()
+    return {} if text == "defaults" else {"kernel_settings": text}
+
+
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: str | None = None) -> float:
     """Median seconds of fn() over `repeats` calls after `warmup` untimed ones, synchronized on CUDA."""
     return median_times({"fn": fn}, repeats, warmup, device)["fn"]

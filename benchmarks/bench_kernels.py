@@ -36,7 +36,7 @@ if not HAS_CUDA:  # the kernels can only run on the CPU through the interpreter 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from _common import (  # noqa: E402  (benchmarks/_common.py)
-    add_output_args, cuda_graph_ms, emit, median_time, result, round_sig)
+    add_output_args, cuda_graph_ms, emit, kernel_settings_config, median_time, result, round_sig)
 
 # Rows whose calls take well under a millisecond of GPU time. Timed eagerly (do_bench, one call per event
 # pair) they measure the host: enqueuing a call (Python, the custom op, autograd, launches) takes longer than
@@ -349,7 +349,7 @@ def main(argv=None):
     for name, cfg, ours, base, lib, flops, nbytes in cases(device, dtype, args.smoke):
         if only and name not in only:
             continue
-        cfg = {**cfg, "dtype": str(dtype).replace("torch.", ""), "smoke": args.smoke}
+        cfg = {**cfg, "dtype": str(dtype).replace("torch.", ""), "smoke": args.smoke, **kernel_settings_config()}
         try:
             o = measure(name, "triton", ours, device, args, flops, nbytes, peak)
             b = measure(name, base[0], base[1], device, args, flops, nbytes, peak)

@@ -53,7 +53,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from _common import PeakMemory, add_output_args, emit, load_average, median_times, result, round_sig  # noqa: E402
+from _common import (PeakMemory, add_output_args, emit, kernel_settings_config, load_average,  # noqa: E402
+                     median_times, result, round_sig)
 from _original_perceiver import original_perceive  # noqa: E402  (benchmarks/_original_perceiver.py)
 
 from xgenmm_fast.config import PerceiverConfig, XGenMMConfig  # noqa: E402
@@ -283,7 +284,8 @@ def run(args) -> tuple[list[dict], dict]:
                   "dim_head": pcfg.dim_head, "dim": s["dim"], "out_dim": s["out_dim"],
                   "masked": f"{1 - mask.float().mean().item():.2f}", "dtype": dt, "device": device,
                   "ops": ops_text, "ops_backends": ops, "smoke": args.smoke,
-                  "cpu_threads": torch.get_num_threads() if device == "cpu" else None}
+                  "cpu_threads": torch.get_num_threads() if device == "cpu" else None,
+                  **(kernel_settings_config() if "triton" in ops.values() else {})}
         with torch.no_grad():
             out_ours = resampler(media, mask).float()
             out_base = original_perceive(resampler, media, mask).float()

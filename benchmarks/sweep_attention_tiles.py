@@ -18,9 +18,11 @@ Shapes: Phi-3 (32 heads, head dim 96), bf16, causal, no window.
   forward's FLOPs.
 - sdpa (family "sdpa"): torch SDPA's flash backend on the same fwd and fwd_bwd problems, batched, right after
   our defaults: the baseline of #4's attention targets, in the same run.
-- combined (rows with "combined": true, last, timed even when the budget is spent): the fastest agreeing LM
-  switch setting with, per kernel, the fastest agreeing tiles measured under it (`combined_choice`), on fwd_bwd
-  and fwd; the closing lines (`versus_sdpa`) put the defaults and this row against SDPA flash.
+- combined (rows with "combined": true, last, timed even when the budget is spent): per family the fastest
+  agreeing switch setting with, per kernel, the fastest agreeing tiles measured under it (`combined_choice`),
+  on fwd_bwd (and the LM's fwd); the closing lines (`versus_sdpa`) put the LM defaults and this row against
+  SDPA flash. `settings` in the JSON: each family's combined setting where it agrees and beats the defaults,
+  else {} (`settings_from`); XGENMM_KERNEL_SETTINGS=<the JSON> applies them (xgenmm_fast/ops/triton/tuning.py).
 Each candidate's tiles replace `_cfg`'s answer for that kernel only (the module's function is patched for
 the measurement); max_abs_diff compares its outputs (and gradients) with the default tiles', and
 max_abs_err_fp32 with the plain-PyTorch reference run in fp32 on the same inputs: a row `agrees` when that
@@ -123,32 +125,57 @@ def recommendations(rows: list[dict], defaults: dict) -> list[str]:
     return lines
 
 
-def combined_choice(rows: list[dict]) -> tuple[dict, dict, dict] | None:
-    """What the combined rows time: the LM's fastest agreeing fwd+bwd switch setting (default tiles, heavy-first
-    order) and, per kernel, the fastest agreeing tiles measured under that same setting that beat it (the
-    backward's on fwd+bwd, the forward's on the 4k forward against its default tiles). -> (switches,
-    backward tiles by kernel, forward tiles by kernel), or None without a measured switch row."""
+def combined_choice(rows: list[dict], family: str = "lm") -> tuple[dict, dict, dict] | None:
+    """What a family's combined row times: its fastest agreeing fwd+bwd switch setting (default tiles,
+    heavy-first order) and, per kernel, the fastest agreeing tiles measured under that same setting that beat
+    it: the backward kernels' (and the perceiver's forward, timed on its fwd+bwd) against that row, the LM
+    forward's on the 4k forward against its default tiles. -> (switches, tiles by kernel timed on fwd+bwd,
+    LM forward tiles by kernel), or None without a measured switch row."""
     def ms(r):
         return r["ms"]
 
-    lm = [r for r in rows if r.get("family", "lm") == "lm" and "ms" in r and r.get("agrees") is True
-          and r["heavy_first"] and not r.get("combined")]
-    setting_rows = [r for r in lm if r["kernel"] == "fwd_bwd" and r["tiles"] == "default"]
+    fam = [r for r in rows if r.get("family", "lm") == family and "ms" in r and r.get("agrees") is True
+           and r["heavy_first"] and not r.get("combined")]
+    setting_rows = [r for r in fam if r["kernel"] == "fwd_bwd" and r["tiles"] == "default"]
     if not setting_rows:
         return None
     best = min(setting_rows, key=ms)
     switches = {k: best.get(k, False) for k in SWITCHES}
+    kernels = ("dkdv_atomic_dq",) if switches["atomic_dq"] else ("dkdv", "dq")
     backward = {}
-    for kernel in ("dkdv_atomic_dq",) if switches["atomic_dq"] else ("dkdv", "dq"):
-        faster = [r for r in lm if r["kernel"] == kernel and r["ms"] < best["ms"]
+    for kernel in kernels + (("fwd",) if family == "perceiver" else ()):
+        faster = [r for r in fam if r["kernel"] == kernel and r["ms"] < best["ms"]
                   and all(r.get(k, False) == v for k, v in switches.items())]
         if faster:
             backward[kernel] = min(faster, key=ms)["tiles"]
-    fwd_rows = [r for r in lm if r["kernel"] == "fwd" and r["split_head_dim"] == switches["split_head_dim"]]
-    fwd_default = [r for r in fwd_rows if r["tiles"] == "default"]
-    fwd_faster = [r for r in fwd_rows if r["tiles"] != "default" and fwd_default and r["ms"] < fwd_default[0]["ms"]]
-    forward = {"fwd": min(fwd_faster, key=ms)["tiles"]} if fwd_faster else {}
+    forward = {}
+    if family == "lm":
+        fwd_rows = [r for r in fam if r["kernel"] == "fwd" and r["split_head_dim"] == switches["split_head_dim"]]
+        fwd_default = [r for r in fwd_rows if r["tiles"] == "default"]
+        fwd_faster = [r for r in fwd_rows if r["tiles"] != "default" and fwd_default
+                      and r["ms"] < fwd_default[0]["ms"]]
+        forward = {"fwd": min(fwd_faster, key=ms)["tiles"]} if fwd_faster else {}
     return switches, backward, forward
+
+
+def settings_from(rows: list[dict], defaults: dict) -> dict:
+    """The `settings` of the JSON (xgenmm_fast/ops/triton/tuning.py applies them): per family, the switches
+    and tiles of its combined fwd+bwd row when that row agrees with the reference and beats the current
+    defaults' row in this run; otherwise {} (the defaults stay)."""
+    out = {}
+    for family in ("lm", "perceiver"):
+        combined = [r for r in rows if r.get("family", "lm") == family and r.get("combined")
+                    and r["kernel"] == "fwd_bwd" and "ms" in r]
+        base = [r for r in rows if r.get("family", "lm") == family and r["kernel"] == "fwd_bwd" and "ms" in r
+                and r["tiles"] == "default" and r["heavy_first"] and not r.get("combined")
+                and all(r.get(k, False) == v for k, v in defaults[family].items())]
+        out[family] = {}
+        if combined and base and combined[-1].get("agrees") and combined[-1]["ms"] < base[0]["ms"]:
+            r = combined[-1]
+            out[family] = {k: bool(r.get(k, False)) for k in SWITCHES}
+            if isinstance(r["tiles"], dict) and r["tiles"]:
+                out[family]["tiles"] = r["tiles"]
+    return out
 
 
 def versus_sdpa(rows: list[dict]) -> list[str]:
@@ -206,7 +233,8 @@ def main(argv=None) -> int:
         doc = {**header(meta, "sweep_attention_tiles"), "heads": H, "head_dim": D,
                "shapes": {"fwd": f"{long_lens} causal", "fwd_bwd/dkdv/dq": f"{eq_lens} causal fwd+bwd"},
                "seconds": round(time.time() - t_start, 1), "agree_factor": AGREE_FACTOR,
-               "recommendations": recommendations(rows, defaults) + versus_sdpa(rows), "rows": rows}
+               "recommendations": recommendations(rows, defaults) + versus_sdpa(rows),
+               "settings": settings_from(rows, defaults), "rows": rows}
         write_json_atomic(args.out, doc)
 
     t_start = time.time()
@@ -396,13 +424,16 @@ def main(argv=None) -> int:
             for tiles in cands[:2] if args.smoke else cands:
                 measure(kernel, tiles, fn, fl, split=split)
 
-    choice = combined_choice(rows)  # timed even when the budget is spent (two rows, a few seconds)
-    if choice is not None:
+    for family, fn, flops in (("lm", fwd_bwd, 3.5 * flops2), ("perceiver", perceiver_fwd_bwd, pflops)):
+        choice = combined_choice(rows, family)  # timed even when the budget is spent (a few seconds)
+        if choice is None:
+            continue
         switches, backward, forward = choice
         sw = dict(split=switches["split_head_dim"], keys_major=switches["dkdv_keys_major"],
-                  atomic_dq=switches["atomic_dq"])
-        measure("fwd_bwd", None, fwd_bwd, 3.5 * flops2, tiles_by_kernel={**backward, **forward}, **sw)
-        measure("fwd", None, fwd, flops4, tiles_by_kernel=forward, **sw)
+                  atomic_dq=switches["atomic_dq"], family=family)
+        measure("fwd_bwd", None, fn, flops, tiles_by_kernel={**backward, **forward}, **sw)
+        if family == "lm":
+            measure("fwd", None, fwd, flops4, tiles_by_kernel=forward, **sw)
 
     save()
     print(f"{'family':9s} {'kernel':14s} {'tiles':44s} {'heavy':>5s} {'split':>5s} {'k-maj':>5s} {'atomic':>6s} "
@@ -416,6 +447,7 @@ def main(argv=None) -> int:
               f"{r.get('ms', float('nan')):8.3f} {r.get('tflops', float('nan')):8.1f} "
               f"{str(r.get('agrees', '')):>6s} {r.get('err_vs_default', '')} {r.get('error', '')}")
     print("\n".join(recommendations(rows, defaults) + versus_sdpa(rows)))
+    print(f"settings (XGENMM_KERNEL_SETTINGS={args.out} applies them): {json.dumps(settings_from(rows, defaults))}")
     return 0
 
 

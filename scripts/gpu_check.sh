@@ -3,8 +3,9 @@
 # csrc/**/*.cu kernels), check the CUDA entry points exist, run tests/kernels on CUDA (the `gpu`-marked bf16,
 # torch.compile and CUDA-kernel tests included), the whole model on CUDA (tests/model -m gpu), and the
 # kernel benchmarks (bench_kernels, bench_perceiver; with GPU_CHECK_PROFILE=rows a per-kernel profile of those
-# bench_kernels rows, with GPU_CHECK_SWEEP=1 the attention tile and RMSNorm backward sweeps); print a short
-# table last. Logs, junit XML and JSON land under RESULTS_DIR.
+# bench_kernels rows, with GPU_CHECK_SWEEP=1 the attention tile and RMSNorm backward sweeps, and the attention
+# target rows and the perceiver module again with the tile sweep's settings); print a short table last. Logs,
+# junit XML and JSON land under RESULTS_DIR.
 # Budget: GPU_CHECK_BUDGET_S (default 450 s; each step also has its own cap).
 #
 #   scripts/gpu_check.sh RESULTS_DIR        # XGENMM_SKIP_BUILD=1 skips the build (gpu_session.sh does)
@@ -54,6 +55,17 @@ step bench_perceiver 60 "$PY" benchmarks/bench_perceiver.py --size released --de
 # launch options; their JSON stays with the logs)
 [[ "${GPU_CHECK_SWEEP:-0}" == "1" ]] && step sweep_attention_tiles 120 "$PY" benchmarks/sweep_attention_tiles.py \
   --out "$RESULTS/sweep_attention_tiles.json" --budget-s 95 --rep-ms 50
+# ... then, where the sweep's `settings` changed something, the #4 target rows again with them
+# (XGENMM_KERNEL_SETTINGS; rows carry kernel_settings in their config, beside the defaults' rows)
+SWEEP_JSON=$RESULTS/sweep_attention_tiles.json
+if [[ "${GPU_CHECK_SWEEP:-0}" == "1" && -f "$SWEEP_JSON" ]] && "$PY" -c "import json, sys
+sys.exit(0 if any(json.load(open(sys.argv[1])).get('settings', {}).values()) else 1)" "$SWEEP_JSON"; then
+  step bench_kernels_tuned 45 env XGENMM_KERNEL_SETTINGS="$SWEEP_JSON" "$PY" benchmarks/bench_kernels.py \
+    --only varlen_attn_fwd_bwd/equal_length,varlen_attn_fwd_bwd/vs_padded_sdpa,varlen_attn_fwd/4k,perceiver_varlen_fwd_bwd \
+    --out "${GPU_BENCH_OUT:-$RESULTS/bench_kernels.json}" --rep-ms 100
+  step bench_perceiver_tuned 40 env XGENMM_KERNEL_SETTINGS="$SWEEP_JSON" "$PY" benchmarks/bench_perceiver.py \
+    --size released --device cuda --images 8 --rep-ms 100 --out "${GPU_BENCH_OUT:-$RESULTS/bench_kernels.json}"
+fi
 [[ "${GPU_CHECK_SWEEP:-0}" == "1" ]] && step sweep_rms_norm 60 "$PY" benchmarks/sweep_rms_norm.py \
   --out "$RESULTS/sweep_rms_norm.json" --budget-s 40 --rep-ms 50
 
@@ -66,5 +78,7 @@ echo "== kernel benchmarks:"; tail -n 18 "$RESULTS/bench_kernels.log"
 echo "== perceiver module:"; tail -n 6 "$RESULTS/bench_perceiver.log"
 [[ -f "$RESULTS/profile_kernels.log" ]] && { echo "== kernel profile:"; grep -v "^USDT\|^STAGE" "$RESULTS/profile_kernels.log" | tail -n 60; }
 [[ -f "$RESULTS/sweep_attention_tiles.log" ]] && { echo "== attention tile sweep:"; tail -n 40 "$RESULTS/sweep_attention_tiles.log"; }
+[[ -f "$RESULTS/bench_kernels_tuned.log" ]] && { echo "== with the sweep's settings:"; tail -n 6 "$RESULTS/bench_kernels_tuned.log"
+  tail -n 4 "$RESULTS/bench_perceiver_tuned.log" 2>/dev/null; }
 [[ -f "$RESULTS/sweep_rms_norm.log" ]] && { echo "== RMSNorm backward sweep:"; tail -n 12 "$RESULTS/sweep_rms_norm.log"; }
 exit $status

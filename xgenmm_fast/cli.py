@@ -63,6 +63,7 @@ def _cmd_ops(args) -> int:
     from . import ops
     for op, backend in ops.report().items():
         print(f"{op:22s} {backend:10s} (available: {', '.join(ops.available_backends(op))})")
+    print(f"attention kernel settings: {ops.kernel_settings()}")
     return 0
 
 

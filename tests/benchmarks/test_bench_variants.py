@@ -169,3 +169,18 @@ def test_report_says_which_sides_are_graph_timed():
     failed = {"value": 0.8, "unit": "ms", "timer": "do_bench", "graph_error": "RuntimeError: x"}
     assert report.fmt_measure(failed).endswith("eager (graph capture failed)")
     assert "graph" not in report.fmt_measure({"value": 1.0, "unit": "ms"})
+
+
+def test_kernel_rows_name_the_settings_they_ran_with(tmp_path):
+    """With XGENMM_KERNEL_SETTINGS (here tuning.apply) a row's config names the settings, so the tuned and the
+    default rows of one results file are two rows, not one replacing the other."""
+    from xgenmm_fast.ops.triton import tuning
+    out, only = tmp_path / "k.json", "varlen_attn_fwd_bwd/equal_length"
+    restore = tuning.apply({"lm": {"atomic_dq": True}})
+    try:
+        assert kernels.main(["--smoke", "--only", only, "--out", str(out)]) == 0
+    finally:
+        restore()
+    assert kernels.main(["--smoke", "--only", only, "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert sorted(str(r["config"].get("kernel_settings")) for r in rows) == ["None", "lm: atomic_dq"]

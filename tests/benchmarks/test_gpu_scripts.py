@@ -124,3 +124,32 @@ def test_gpu_session_leaves_the_check_results_before_the_bench_part(tmp_path):
     files = [a for a in args if a.startswith("tests/")]
     assert files[0] == "tests/kernels/test_varlen_attention.py" and len(files) == len(set(files)), files
     assert "tests/kernels/test_perceiver_varlen.py" in files and args[args.index("-m", 3) + 1] == "variant"
+
+
+def _fake_python(tmp_path):
+    """Every benchmark and test step succeeds at once and logs its arguments and XGENMM_KERNEL_SETTINGS; `-c`
+    snippets run on the real interpreter."""
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    f'if [[ "$1" == "-c" ]]; then exec {sys.executable} "$@"; fi\n'
+                    'echo "fake: $* settings=${XGENMM_KERNEL_SETTINGS:-none}"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def test_gpu_check_reruns_the_target_rows_with_the_sweeps_settings(tmp_path):
+    for settings, tuned in (({"lm": {"atomic_dq": True}, "perceiver": {}}, True), ({"lm": {}, "perceiver": {}}, False)):
+        results = tmp_path / ("tuned" if tuned else "defaults")
+        results.mkdir()
+        (results / "sweep_attention_tiles.json").write_text(json.dumps({"rows": [], "settings": settings}))
+        p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), str(results)], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT,
+                           env=dict(os.environ, PYTHON=str(_fake_python(tmp_path)), XGENMM_SKIP_BUILD="1",
+                                    GPU_CHECK_SWEEP="1", GPU_CHECK_BUDGET_S="200"))
+        steps = [json.loads(line)["step"] for line in (results / "steps.jsonl").read_text().splitlines()]
+        assert "sweep_attention_tiles" in steps, p.stdout[-2000:]
+        assert ("bench_kernels_tuned" in steps and "bench_perceiver_tuned" in steps) == tuned, steps
+        if tuned:
+            log = (results / "bench_kernels_tuned.log").read_text()
+            assert f"settings={results / 'sweep_attention_tiles.json'}" in log and "varlen_attn_fwd/4k" in log
+            assert "settings=none" in (results / "bench_kernels.log").read_text()  # the defaults' rows first

@@ -44,8 +44,11 @@ def test_smoke_rows_and_restored_module(tmp_path):
     assert all(r["atomic_dq"] for r in perceiver if r["kernel"] == "dkdv_atomic_dq")
     sdpa = [r for r in rows if r.get("family") == "sdpa"]
     assert sorted(r["kernel"] for r in sdpa) == ["fwd", "fwd_bwd"] and all(r["ms"] > 0 for r in sdpa), sdpa
-    combined = [r for r in rows if r.get("combined")]
-    assert sorted(r["kernel"] for r in combined) == ["fwd", "fwd_bwd"], combined
+    combined = [(r.get("family", "lm"), r["kernel"]) for r in rows if r.get("combined")]
+    assert sorted(combined) == [("lm", "fwd"), ("lm", "fwd_bwd"), ("perceiver", "fwd_bwd")], combined
+    # the settings: what tuning.load reads back (under the interpreter the timings are noise: any setting goes)
+    from xgenmm_fast.ops.triton import tuning
+    assert set(doc["settings"]) == {"lm", "perceiver"} and tuning.load(str(out)) == doc["settings"]
     for r in rows:
         if r.get("family") == "sdpa":
             continue
@@ -132,3 +135,17 @@ def test_versus_sdpa_puts_the_defaults_and_the_combined_row_against_sdpa():
     assert "defaults 6.0 ms, 100.0 TFLOP/s = 0.50x SDPA's speed" in line
     assert "atomic_dq=True" in line and "4.0 ms, 100.0 TFLOP/s = 0.75x SDPA's speed" in line
     assert sweep.versus_sdpa(rows[:2]) == []  # no SDPA row: nothing to compare with
+
+
+def test_settings_take_a_combined_row_only_where_it_agrees_and_beats_the_defaults():
+    t = {"dkdv_atomic_dq": {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}}
+    off = {"split_head_dim": False, "dkdv_keys_major": False}
+    defaults = {"lm": {**off, "atomic_dq": False}, "perceiver": {**off, "atomic_dq": False}}
+    rows = [_row("fwd_bwd", 6.0, atomic=False), {**_row("fwd_bwd", 4.0, tiles=t, atomic=True), "combined": True},
+            _row("fwd_bwd", 2.0, family="perceiver", atomic=False),
+            {**_row("fwd_bwd", 2.5, family="perceiver", keys_major=True, atomic=False), "combined": True}]
+    settings = sweep.settings_from(rows, defaults)
+    assert settings == {"lm": {"split_head_dim": False, "dkdv_keys_major": False, "atomic_dq": True, "tiles": t},
+                        "perceiver": {}}  # the perceiver's combined row is slower than its defaults
+    rows[1]["agrees"] = False  # a combined row that disagrees is never taken
+    assert sweep.settings_from(rows, defaults)["lm"] == {}

@@ -237,6 +237,8 @@ def start_run(cfg) -> Run:
     chosen = apply_ops_config(cfg.model.get("ops") if hasattr(cfg.model, "get") else cfg.model.ops)
     if rank == 0:
         logging.info("ops: %s", ", ".join(f"{op}={b}" for op, b in chosen.items()))
+        from ..ops import kernel_settings
+        logging.info("attention kernel settings: %s", kernel_settings())
         write_json_atomic(os.path.join(out_dir, "ops.json"), chosen)
     tokenizer, info, tokenizer_path = setup_tokenizer(cfg, out_dir, rank)
     model = build_model(cfg, info)

@@ -8,7 +8,8 @@ for tensors it cannot run on (CPU tensors without the interpreter; bf16 under th
 
 One op per file: rms_norm, rope, swiglu, fused_linear_ce (linear_cross_entropy + linear_token_logprobs),
 varlen_attention (varlen_attention + decode_attention), perceiver_attention,
-perceiver_varlen (perceiver_attention_varlen), vision_merge (merge_vision_tokens).
+perceiver_varlen (perceiver_attention_varlen), vision_merge (merge_vision_tokens). tuning: the attention
+kernels' switches and tiles as measured on one GPU (XGENMM_KERNEL_SETTINGS=sweep JSON applies them on import).
 """
 from __future__ import annotations
 
@@ -66,3 +67,6 @@ if enabled():
     except Exception as e:  # never break `import xgenmm_fast` over an optional backend
         import warnings
         warnings.warn(f"xgenmm_fast.ops.triton: Triton backends not registered ({type(e).__name__}: {e})")
+    else:  # XGENMM_KERNEL_SETTINGS (tuning.py): asked for explicitly, so a bad file is an error, not a warning
+        from . import tuning
+        tuning.apply_environment()
