@@ -53,6 +53,7 @@ from _sweep import (AGREE_FACTOR, agreement, error_text, exit_on_device_problem,
 import xgenmm_fast.ops.triton.perceiver_attention as pa  # noqa: E402
 import xgenmm_fast.ops.triton.perceiver_varlen as pv  # noqa: E402
 import xgenmm_fast.ops.triton.varlen_attention as va  # noqa: E402
+from xgenmm_fast.ops.triton import tuning  # noqa: E402
 from xgenmm_fast.ops.attention import (perceiver_attention_varlen_reference,  # noqa: E402
                                        varlen_attention_reference)
 
@@ -241,15 +242,10 @@ def main(argv=None) -> int:
     H, D = (2, 24) if args.smoke else (args.heads, args.head_dim)
     dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
     long_lens, eq_lens = ([40, 24], [32, 17]) if args.smoke else ([4096] * 4, [2048] * 8)
-    default_cfg, default_split, default_keys_major = va._cfg, va.SPLIT_HEAD_DIM, va.DKDV_KEYS_MAJOR
-    default_perceiver_cfg, default_perceiver_split = pa._cfg, pa.SPLIT_HEAD_DIM
-    default_perceiver_keys_major, default_perceiver_atomic_dq = pa.DKDV_KEYS_MAJOR, pa.ATOMIC_DQ
-    default_atomic_dq = va.ATOMIC_DQ
-    defaults = {"lm": {"split_head_dim": default_split, "dkdv_keys_major": default_keys_major,
-                       "atomic_dq": default_atomic_dq},
-                "perceiver": {"split_head_dim": default_perceiver_split,
-                              "dkdv_keys_major": default_perceiver_keys_major,
-                              "atomic_dq": default_perceiver_atomic_dq}}
+    # the switches in force when the sweep starts (the modules' defaults): what `recommendations` and `settings`
+    # compare with
+    defaults = {family: {key: getattr(mod, attr) for key, attr in tuning.SWITCHES.items()}
+                for family, mod in (("lm", va), ("perceiver", pa))}
     rows = []
 
     def measure(kernel: str, tiles: dict | None, fn, flops: float, heavy_first: bool = True, split: bool = False,
@@ -266,19 +262,10 @@ def main(argv=None) -> int:
         if family != "lm":
             row = {"family": family, **row}
         chosen = dict(tiles_by_kernel or {}, **({kernel: tiles} if tiles is not None else {}))
-
-        def patched(default):
-            def cfg(Dh, k):
-                c = default(Dh, k)
-                c.update(chosen.get(k, {}))
-                return c
-            return cfg
-        if family == "lm":
-            va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = patched(default_cfg), heavy_first, split
-            va.DKDV_KEYS_MAJOR, va.ATOMIC_DQ = keys_major, atomic_dq
-        else:  # perceiver_varlen imported perceiver_attention's _cfg by name: patch both
-            pa._cfg = pv._cfg = patched(default_perceiver_cfg)
-            pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR, pa.ATOMIC_DQ = split, keys_major, atomic_dq
+        # the row's setting, applied as XGENMM_KERNEL_SETTINGS would apply the JSON's `settings`
+        restore = tuning.apply({family: {"split_head_dim": split, "dkdv_keys_major": keys_major,
+                                         "atomic_dq": atomic_dq, **({"tiles": chosen} if chosen else {})}})
+        va.HEAVY_FIRST = heavy_first if family == "lm" else True
         try:
             ms = timer_ms(fn)
             got = fn()
@@ -290,11 +277,8 @@ def main(argv=None) -> int:
             if not args.smoke:
                 torch.cuda.synchronize()
         finally:
-            va._cfg, va.HEAVY_FIRST, va.SPLIT_HEAD_DIM = default_cfg, True, default_split
-            va.DKDV_KEYS_MAJOR, va.ATOMIC_DQ = default_keys_major, default_atomic_dq
-            pa._cfg = pv._cfg = default_perceiver_cfg
-            pa.SPLIT_HEAD_DIM, pa.DKDV_KEYS_MAJOR = default_perceiver_split, default_perceiver_keys_major
-            pa.ATOMIC_DQ = default_perceiver_atomic_dq
+            restore()
+            va.HEAVY_FIRST = True
         rows.append(row)
         save()
         print(json.dumps(row), flush=True)
