@@ -93,6 +93,29 @@ def test_model_ops_config_forces_and_reports_backends():
         dispatch._FORCED.clear()  # the dispatch is process-wide: leave it as the other tests expect
 
 
+def test_model_kernel_settings_config(tmp_path):
+    """model.kernel_settings: a sweep JSON's settings applied on every rank (the environment variable does not
+    reach other nodes through DeepSpeed's launcher); a malformed file is an error naming the key and the file."""
+    import json
+
+    from xgenmm_fast.ops.triton import tuning
+    from xgenmm_fast.ops.triton import varlen_attention as va
+    from xgenmm_fast.training.engine import apply_kernel_settings
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({"rows": [], "settings": {"lm": {"atomic_dq": True}}}))
+    bad.write_text(json.dumps({"settings": {"lm": {"tiles": {"dkdv": {"BLOCK_M": 7}}}}}))
+    assert apply_kernel_settings(None) is None and apply_kernel_settings("") is None
+    before = va.ATOMIC_DQ
+    restore = apply_kernel_settings(str(good))  # (the tests run with the interpreter: Triton backends enabled)
+    try:
+        assert va.ATOMIC_DQ is True and tuning.describe() == "lm: atomic_dq"
+    finally:
+        restore()
+    assert va.ATOMIC_DQ == before
+    with pytest.raises(ValueError, match=r"model.kernel_settings: kernel settings .*bad.json: lm.tiles.dkdv.BLOCK_M"):
+        apply_kernel_settings(str(bad))
+
+
 def test_adamw_fused_setting():
     import torch
 

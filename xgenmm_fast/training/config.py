@@ -26,6 +26,10 @@ class ModelSection:
     # kernel backends, op -> backend (e.g. {varlen_attention: torch_varlen}; "*" for every op that has it);
     # default: the dispatch's own choice (Triton on a GPU). XGENMM_OPS does the same from the environment.
     ops: dict = field(default_factory=dict)
+    # attention kernel settings measured on this GPU (benchmarks/sweep_attention_tiles.py's JSON; applied on every
+    # rank, on every node); XGENMM_KERNEL_SETTINGS does the same from the environment, which DeepSpeed's multi-node
+    # launcher does not pass on to other hosts
+    kernel_settings: Optional[str] = None
 
 
 @dataclass

@@ -222,6 +222,24 @@ def apply_ops_config(ops_cfg) -> dict[str, str]:
         raise ValueError(f"model.ops: {e}") from None
 
 
+def apply_kernel_settings(path):
+    """model.kernel_settings: a sweep JSON whose `settings` the attention kernels take (ops/triton/tuning.py);
+    returns tuning.apply's undo, or None. Without Triton backends here (no GPU, no interpreter) there is
+    nothing to tune: a warning, not an error; a malformed file is an error."""
+    if not path:
+        return None
+    from ..ops import triton as triton_ops
+    from ..ops.triton import tuning
+    try:
+        settings = tuning.load(str(path))
+    except ValueError as e:
+        raise ValueError(f"model.kernel_settings: {e}") from None
+    if not triton_ops.enabled():
+        logging.warning("model.kernel_settings=%s not applied: the Triton backends are not enabled here", path)
+        return None
+    return tuning.apply(settings)
+
+
 def start_run(cfg) -> Run:
     """Process group, precision, output dir (config.yaml, model_config.json), logging, tokenizer, model
     (vision encoder frozen or not, activation checkpointing)."""
@@ -235,6 +253,7 @@ def start_run(cfg) -> Run:
                         format=f"[rank{rank}] %(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
 
     chosen = apply_ops_config(cfg.model.get("ops") if hasattr(cfg.model, "get") else cfg.model.ops)
+    apply_kernel_settings(cfg.model.get("kernel_settings") if hasattr(cfg.model, "get") else cfg.model.kernel_settings)
     if rank == 0:
         logging.info("ops: %s", ", ".join(f"{op}={b}" for op, b in chosen.items()))
         from ..ops import kernel_settings
