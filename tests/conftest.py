@@ -51,7 +51,9 @@ def pytest_runtest_logreport(report):  # in the xdist controller too: it replays
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _not_run and exitstatus == pytest.ExitCode.OK:
+    # (not in an xdist worker: the controller counts the workers' skips too, and xdist reads a worker's exit 2 as
+    # a keyboard interrupt)
+    if _not_run and exitstatus == pytest.ExitCode.OK and not hasattr(session.config, "workerinput"):
         session.exitstatus = pytest.ExitCode.INTERRUPTED
 
 
