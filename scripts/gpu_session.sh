@@ -63,6 +63,8 @@ if [[ "$PARTS" == *bench* ]]; then
   GPU_BENCH_BUDGET_S=$left bash scripts/gpu_bench.sh "$WORK/bench"; rc_bench=$?
 fi
 collect
+# last, so that it is in the tail the device tool returns: did every GPU test run and pass (issue #4)?
+[[ "$PARTS" == *check* ]] && { echo "== GPU tests:"; timeout 30 "$PY" scripts/gpu_run_summary.py "$WORK/check"; }
 echo "== gpu_session: check rc=$rc_check, bench rc=$rc_bench, total $(( $(date +%s) - START ))s; in $OUTDIR:"
 ls "$OUTDIR"
 exit $(( rc_check != 0 || rc_bench != 0 ))
