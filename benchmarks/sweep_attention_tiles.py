@@ -18,7 +18,8 @@ Shapes: Phi-3 (32 heads, head dim 96), bf16, causal, no window.
   forward's FLOPs.
 - sdpa (family "sdpa"): torch SDPA's flash backend on the same fwd and fwd_bwd problems, batched, right after
   our defaults: the baseline of #4's attention targets, in the same run.
-- combined (rows with "combined": true, last, timed even when the budget is spent): per family the fastest
+- combined (rows with "combined": true, last, timed even when the budget is spent; under gpu_check.sh the
+  candidates stop COMBINED_RESERVE_S before the step's deadline, XGENMM_TEST_DEADLINE, to leave them time): per family the fastest
   agreeing switch setting with, per kernel, the fastest agreeing tiles measured under it (`combined_choice`),
   on fwd_bwd (and the LM's fwd); the closing lines (`versus_sdpa`) put the LM defaults and this row against
   SDPA flash. `settings` in the JSON: each family's combined setting where it agrees and beats the defaults,
@@ -88,6 +89,8 @@ PERCEIVER_ATOMIC_DKDV = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st
 PERCEIVER_FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
                  for bm, bn, w, st in [(128, 64, 8, 3), (64, 128, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3)]]
 
+# seconds kept for the combined rows before the step's deadline (XGENMM_TEST_DEADLINE, set by scripts/lib/steps.sh)
+COMBINED_RESERVE_S = 20
 SWITCHES = ("split_head_dim", "dkdv_keys_major", "atomic_dq")  # module switches a row may set (absent: off)
 
 
@@ -239,6 +242,13 @@ def main(argv=None) -> int:
         write_json_atomic(args.out, doc)
 
     t_start = time.time()
+    # inside scripts/gpu_check.sh the step's own deadline (scripts/lib/steps.sh) may come before the budget: stop
+    # starting candidates early enough for the combined rows, which are what the settings come from
+    step_deadline = float(os.environ.get("XGENMM_TEST_DEADLINE") or 0)
+
+    def out_of_time() -> bool:
+        now = time.time()
+        return now - t_start > args.budget_s or bool(step_deadline and now > step_deadline - COMBINED_RESERVE_S)
     H, D = (2, 24) if args.smoke else (args.heads, args.head_dim)
     dev, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
     long_lens, eq_lens = ([40, 24], [32, 17]) if args.smoke else ([4096] * 4, [2048] * 8)
@@ -253,7 +263,7 @@ def main(argv=None) -> int:
                 tiles_by_kernel: dict | None = None):
         """One row. tiles: that kernel's candidate; tiles_by_kernel: several kernels' tiles at once (the
         combined row, timed even past the budget)."""
-        if tiles_by_kernel is None and time.time() - t_start > args.budget_s:
+        if tiles_by_kernel is None and out_of_time():
             return
         row = {"kernel": kernel, "tiles": tiles or tiles_by_kernel or "default", "heavy_first": heavy_first,
                "split_head_dim": split, "dkdv_keys_major": keys_major, "atomic_dq": atomic_dq}
@@ -294,7 +304,7 @@ def main(argv=None) -> int:
     def sdpa_row(kernel: str, lens: list[int], backward: bool):
         """torch SDPA (its flash backend on the GPU), causal, on the same problem batched (B, H, T, D): the
         reference the #4 targets name, timed in this run (bench_kernels' rows use the same call)."""
-        if time.time() - t_start > args.budget_s:
+        if out_of_time():
             return
         B, T = len(lens), max(lens)  # (the GPU shapes are equal lengths; the smoke run's pad to the longest)
         x = [torch.randn(B, H, T, D, device=dev, dtype=dtype, requires_grad=backward) for _ in range(3)]

@@ -149,3 +149,15 @@ def test_settings_take_a_combined_row_only_where_it_agrees_and_beats_the_default
                         "perceiver": {}}  # the perceiver's combined row is slower than its defaults
     rows[1]["agrees"] = False  # a combined row that disagrees is never taken
     assert sweep.settings_from(rows, defaults)["lm"] == {}
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU smoke run needs the interpreter")
+def test_the_steps_deadline_stops_the_candidates(tmp_path, monkeypatch):
+    """Under gpu_check.sh the step's deadline (XGENMM_TEST_DEADLINE) ends the candidates COMBINED_RESERVE_S
+    early: here it is that close already, so nothing starts, and the JSON says so (no rows, default settings)."""
+    import time
+    monkeypatch.setenv("XGENMM_TEST_DEADLINE", str(time.time() + sweep.COMBINED_RESERVE_S / 2))
+    out = tmp_path / "sweep.json"
+    assert sweep.main(["--smoke", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["rows"] == [] and doc["settings"] == {"lm": {}, "perceiver": {}}
