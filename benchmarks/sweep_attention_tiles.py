@@ -91,7 +91,7 @@ PERCEIVER_FWD = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
 
 # seconds kept for the combined rows before the step's deadline (XGENMM_TEST_DEADLINE, set by scripts/lib/steps.sh)
 COMBINED_RESERVE_S = 20
-SWITCHES = ("split_head_dim", "dkdv_keys_major", "atomic_dq")  # module switches a row may set (absent: off)
+SWITCHES = tuple(tuning.SWITCHES)  # the module switches a row may set (absent: off), as settings name them
 
 
 def _settings(r: dict) -> str:
