@@ -109,6 +109,7 @@ def test_model_kernel_settings_config(tmp_path):
     restore = apply_kernel_settings(str(good))  # (the tests run with the interpreter: Triton backends enabled)
     try:
         assert va.ATOMIC_DQ is True and tuning.describe() == "lm: atomic_dq"
+        assert tuning.report() == f"lm: atomic_dq (from model.kernel_settings={good})"  # (the run log's line)
     finally:
         restore()
     assert va.ATOMIC_DQ == before

@@ -237,7 +237,7 @@ def apply_kernel_settings(path):
     if not triton_ops.enabled():
         logging.warning("model.kernel_settings=%s not applied: the Triton backends are not enabled here", path)
         return None
-    return tuning.apply(settings)
+    return tuning.apply(settings, source=f"model.kernel_settings={path}")
 
 
 def start_run(cfg) -> Run:

@@ -26,7 +26,7 @@ KERNELS = {"lm": ("fwd", "fwd_window", "dkdv", "dq", "dkdv_atomic_dq"),
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 
 _applied: dict = {}  # what apply() set, per family (describe() reports it)
-_from_environment: list[str] = []  # the XGENMM_KERNEL_SETTINGS file applied, if any
+_sources: list[str] = []  # where applied settings came from ("XGENMM_KERNEL_SETTINGS=...", ...), for report()
 
 
 def _modules(family: str) -> list:
@@ -93,10 +93,10 @@ def load(path: str) -> dict:
     return validate(doc.get("settings", doc) if isinstance(doc, dict) else doc, f"kernel settings {path}")
 
 
-def apply(settings: dict) -> Callable[[], None]:
+def apply(settings: dict, source: str | None = None) -> Callable[[], None]:
     """Set the switches and wrap each family's `_cfg` so that the listed kernels get the listed tiles (other
-    kernels, and the head-dim parts, stay as `_cfg` computes them). Returns a function that restores the
-    modules as they were."""
+    kernels, and the head-dim parts, stay as `_cfg` computes them). `source` says where they came from (for
+    report()). Returns a function that restores the modules as they were."""
     settings = validate(settings)
     saved = []
     for family, s in settings.items():
@@ -117,14 +117,17 @@ def apply(settings: dict) -> Callable[[], None]:
             for m in mods:
                 saved.append((m, "_cfg", m._cfg))
                 m._cfg = cfg
-    previous = dict(_applied)
+    previous, previous_sources = dict(_applied), list(_sources)
     _applied.update(settings)  # (per family: a later apply replaces that family's entry)
+    if source:
+        _sources.append(source)
 
     def restore() -> None:
         for m, attr, value in reversed(saved):
             setattr(m, attr, value)
         _applied.clear()
         _applied.update(previous)
+        _sources[:] = previous_sources
     return restore
 
 
@@ -134,10 +137,10 @@ def apply_environment() -> str | None:
     if not path:
         return None
     try:
-        apply(load(path))
+        settings = load(path)
     except ValueError as e:
         raise ValueError(f"{ENV}: {e}") from None
-    _from_environment[:] = [path]
+    apply(settings, source=f"{ENV}={path}")
     return path
 
 
@@ -155,11 +158,11 @@ def describe() -> str:
 
 
 def report() -> str:
-    """describe(), and where the settings came from or why XGENMM_KERNEL_SETTINGS was not applied (no Triton
+    """describe(), and where the settings came from, or why XGENMM_KERNEL_SETTINGS was not applied (no Triton
     backends here: no GPU and no interpreter)."""
     path = os.environ.get(ENV, "").strip()
-    if _from_environment:
-        return f"{describe()} (from {ENV}={_from_environment[0]})"
+    if _sources:
+        return f"{describe()} (from {', '.join(_sources)})"
     if path:
         return f"{describe()} ({ENV}={path} not applied: the Triton backends are not enabled here)"
     return describe()
