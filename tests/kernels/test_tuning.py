@@ -44,6 +44,11 @@ def test_apply_sets_switches_and_the_listed_tiles_and_restores():
         assert (pa._cfg(96, "fwd")["BLOCK_M"], pa._cfg(96, "fwd")["BLOCK_N"]) == (16, 32)
         assert tuning.describe() == ("lm: split_head_dim, atomic_dq, dkdv_atomic_dq=32x16/8w/2s; "
                                      "perceiver: dkdv_keys_major, fwd=16x32/-w/-s")
+        again = tuning.apply({"lm": {"tiles": {"dq": {"BLOCK_M": 16}}}})  # on top: both tile sets hold, and say so
+        assert va._cfg(96, "dq")["BLOCK_M"] == 16 and va._cfg(96, "dkdv_atomic_dq")["BLOCK_M"] == 32
+        assert tuning.describe().startswith("lm: split_head_dim, atomic_dq, dkdv_atomic_dq=32x16/8w/2s, dq=16x-/-w/-s")
+        again()
+        assert ", dq=" not in tuning.describe()
     finally:
         restore()
     assert _state() == before and tuning.describe() == "defaults"

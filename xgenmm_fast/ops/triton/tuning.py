@@ -103,7 +103,7 @@ def apply(settings: dict, source: str | None = None) -> Callable[[], None]:
         mods = _modules(family)
         owner = mods[0]
         for key, attr in SWITCHES.items():
-            if key in s and hasattr(owner, attr):
+            if key in s:
                 saved.append((owner, attr, getattr(owner, attr)))
                 setattr(owner, attr, s[key])
         tiles = s.get("tiles")
@@ -118,7 +118,10 @@ def apply(settings: dict, source: str | None = None) -> Callable[[], None]:
                 saved.append((m, "_cfg", m._cfg))
                 m._cfg = cfg
     previous, previous_sources = dict(_applied), list(_sources)
-    _applied.update(settings)  # (per family: a later apply replaces that family's entry)
+    for family, s in settings.items():  # on top of what earlier calls set, as the modules now are
+        before = _applied.get(family, {})
+        tiles = {**before.get("tiles", {}), **s.get("tiles", {})}
+        _applied[family] = {**before, **s, **({"tiles": tiles} if tiles else {})}
     if source:
         _sources.append(source)
 
