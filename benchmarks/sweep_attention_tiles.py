@@ -229,6 +229,10 @@ def main(argv=None) -> int:
     problem = exit_on_device_problem("sweep_attention_tiles", args.smoke)
     if problem:
         return problem
+    if tuning.describe() != "defaults":  # its rows, recommendations and settings are relative to the defaults
+        print(f"sweep_attention_tiles: kernel settings are applied ({tuning.report()}); the sweep compares "
+              f"with the built-in defaults: run it without {tuning.ENV}", file=sys.stderr)
+        return 2
     timer_ms = timer(args.smoke, args.rep_ms)
 
     meta = run_metadata()

@@ -161,3 +161,16 @@ def test_the_steps_deadline_stops_the_candidates(tmp_path, monkeypatch):
     assert sweep.main(["--smoke", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["rows"] == [] and doc["settings"] == {"lm": {}, "perceiver": {}}
+
+
+def test_refuses_to_run_with_settings_applied(tmp_path, capsys):
+    """Its rows and settings are relative to the built-in defaults: with XGENMM_KERNEL_SETTINGS applied it says
+    so and stops."""
+    from xgenmm_fast.ops.triton import tuning
+    restore = tuning.apply({"lm": {"atomic_dq": True}}, source="a test")
+    try:
+        assert sweep.main(["--smoke", "--out", str(tmp_path / "s.json")]) == 2
+    finally:
+        restore()
+    assert "kernel settings are applied (lm: atomic_dq (from a test))" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
