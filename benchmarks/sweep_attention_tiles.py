@@ -19,19 +19,22 @@ Shapes: Phi-3 (32 heads, head dim 96), bf16, causal, no window.
 - sdpa (family "sdpa"): torch SDPA's flash backend on the same fwd and fwd_bwd problems, batched, right after
   our defaults: the baseline of #4's attention targets, in the same run.
 - combined (rows with "combined": true, last, timed even when the budget is spent; under gpu_check.sh the
-  candidates stop COMBINED_RESERVE_S before the step's deadline, XGENMM_TEST_DEADLINE, to leave them time): per family the fastest
-  agreeing switch setting with, per kernel, the fastest agreeing tiles measured under it (`combined_choice`),
-  on fwd_bwd (and the LM's fwd); the closing lines (`versus_sdpa`) put the LM defaults and this row against
-  SDPA flash. `settings` in the JSON: each family's combined setting where it agrees and beats the defaults,
-  else {} (`settings_from`); XGENMM_KERNEL_SETTINGS=<the JSON> applies them (xgenmm_fast/ops/triton/tuning.py).
-Each candidate's tiles replace `_cfg`'s answer for that kernel only (the module's function is patched for
-the measurement); max_abs_diff compares its outputs (and gradients) with the default tiles', and
-max_abs_err_fp32 with the plain-PyTorch reference run in fp32 on the same inputs: a row `agrees` when that
-error is at most AGREE_FACTOR times the default tiles' (a row that does not is a wrong kernel, never a
-default). `recommendations` (in the JSON and printed last): per kernel the fastest agreeing row against the
+  candidates stop COMBINED_RESERVE_S before the step's deadline, XGENMM_TEST_DEADLINE, to leave them time):
+  per family the fastest agreeing switch setting with, per kernel, the fastest agreeing tiles measured under
+  it (`combined_choice`), on fwd_bwd (and the LM's fwd); the closing lines (`versus_sdpa`) put the LM
+  defaults and this row against SDPA flash. `settings` in the JSON: each family's combined setting where it
+  agrees and beats the defaults, else {} (`settings_from`); XGENMM_KERNEL_SETTINGS=<the JSON> applies them
+  (xgenmm_fast/ops/triton/tuning.py).
+Each row's setting (switches, and the candidate's tiles in place of `_cfg`'s answer for that kernel only) is
+applied through tuning.apply for the measurement, as the settings would be; max_abs_diff compares its outputs
+(and gradients) with the default tiles', and max_abs_err_fp32 with the plain-PyTorch reference run in fp32 on
+the same inputs: a row `agrees` when that error is at most AGREE_FACTOR times the default tiles' (a row that
+does not is a wrong kernel, never a default). `recommendations` (in the JSON and printed last): per kernel the fastest agreeing row against the
 current defaults, and every disagreeing row. A candidate that fails to compile or launch (shared memory,
-say) is recorded with its error. The defaults are measured first, so a cut-off sweep still has its reference row. Results: one JSON
-document (device, versions, date, commit, rows sorted per kernel), and a table on stdout.
+say) is recorded with its error. The defaults are measured first, so a cut-off sweep still has its reference
+row. Results: one JSON document (device, versions, date, commit, recommendations, settings, rows), and a table
+on stdout. It refuses to run with kernel settings applied (XGENMM_KERNEL_SETTINGS): it compares with the
+built-in defaults.
 """
 from __future__ import annotations
 
@@ -182,10 +185,10 @@ def settings_from(rows: list[dict], defaults: dict) -> dict:
     return out
 
 
-def versus_sdpa(rows: list[dict]) -> list[str]:
+def versus_sdpa(rows: list[dict], defaults: dict) -> list[str]:
     """The LM rows against torch SDPA's flash backend timed in the same run on the same problem (issue #4's
     targets: fwd+bwd >= 0.9x SDPA's speed on equal lengths; the forward at 4k >= 45% of the matmul peak, which
-    bench_kernels.py measures): the defaults and the combined row."""
+    bench_kernels.py measures): the defaults (`defaults["lm"]`: the switches in force) and the combined row."""
     lines = []
     sdpa = {r["kernel"]: r for r in rows if r.get("family") == "sdpa" and "ms" in r}
     for kernel, target in (("fwd_bwd", " (target >= 0.9x)"), ("fwd", "")):
@@ -195,7 +198,7 @@ def versus_sdpa(rows: list[dict]) -> list[str]:
         lm = [r for r in rows if r.get("family", "lm") == "lm" and r["kernel"] == kernel and "ms" in r
               and r["heavy_first"]]
         picks = [("defaults", r) for r in lm if r["tiles"] == "default" and not r.get("combined")
-                 and not any(r.get(k, False) for k in SWITCHES)][:1]
+                 and all(r.get(k, False) == v for k, v in defaults["lm"].items())][:1]
         picks += [(f"combined ({_settings(r)}{'' if r.get('agrees') else ', DISAGREES'})", r)
                   for r in lm if r.get("combined")]
         parts = [f"{what} {r['ms']} ms, {r['tflops']} TFLOP/s = {ref['ms'] / r['ms']:.2f}x SDPA's speed"
@@ -241,7 +244,7 @@ def main(argv=None) -> int:
         doc = {**header(meta, "sweep_attention_tiles"), "heads": H, "head_dim": D,
                "shapes": {"fwd": f"{long_lens} causal", "fwd_bwd/dkdv/dq": f"{eq_lens} causal fwd+bwd"},
                "seconds": round(time.time() - t_start, 1), "agree_factor": AGREE_FACTOR,
-               "recommendations": recommendations(rows, defaults) + versus_sdpa(rows),
+               "recommendations": recommendations(rows, defaults) + versus_sdpa(rows, defaults),
                "settings": settings_from(rows, defaults), "rows": rows}
         write_json_atomic(args.out, doc)
 
@@ -444,7 +447,7 @@ def main(argv=None) -> int:
               f"{str(r.get('atomic_dq', False)):>6s} "
               f"{r.get('ms', float('nan')):8.3f} {r.get('tflops', float('nan')):8.1f} "
               f"{str(r.get('agrees', '')):>6s} {r.get('err_vs_default', '')} {r.get('error', '')}")
-    print("\n".join(recommendations(rows, defaults) + versus_sdpa(rows)))
+    print("\n".join(recommendations(rows, defaults) + versus_sdpa(rows, defaults)))
     print(f"settings (XGENMM_KERNEL_SETTINGS={args.out} applies them): {json.dumps(settings_from(rows, defaults))}")
     return 0
 

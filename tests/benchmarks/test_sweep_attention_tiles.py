@@ -130,11 +130,18 @@ def test_versus_sdpa_puts_the_defaults_and_the_combined_row_against_sdpa():
             {"family": "sdpa", "kernel": "fwd_bwd", "tiles": "sdpa_flash", "ms": 3.0, "tflops": 200.0}]
     for r in rows[:2]:
         r["tflops"] = 100.0
-    (line,) = sweep.versus_sdpa(rows)
+    off = {"lm": {"split_head_dim": False, "dkdv_keys_major": False, "atomic_dq": False}}
+    (line,) = sweep.versus_sdpa(rows, off)
     assert line.startswith("lm fwd_bwd vs SDPA flash (3.0 ms, 200.0 TFLOP/s) (target >= 0.9x)")
     assert "defaults 6.0 ms, 100.0 TFLOP/s = 0.50x SDPA's speed" in line
     assert "atomic_dq=True" in line and "4.0 ms, 100.0 TFLOP/s = 0.75x SDPA's speed" in line
-    assert sweep.versus_sdpa(rows[:2]) == []  # no SDPA row: nothing to compare with
+    assert sweep.versus_sdpa(rows[:2], off) == []  # no SDPA row: nothing to compare with
+    # the defaults are the switches in force: were ATOMIC_DQ on by default, its row would be "defaults"
+    on = {"lm": {**off["lm"], "atomic_dq": True}}
+    rows[1] = {k: v for k, v in rows[1].items() if k != "combined"}
+    rows[1]["tiles"] = "default"
+    (line,) = sweep.versus_sdpa(rows, on)
+    assert "defaults 4.0 ms" in line
 
 
 def test_settings_take_a_combined_row_only_where_it_agrees_and_beats_the_defaults():
