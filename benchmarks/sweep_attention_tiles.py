@@ -31,10 +31,10 @@ applied through tuning.apply for the measurement, as the settings would be; max_
 the same inputs: a row `agrees` when that error is at most AGREE_FACTOR times the default tiles' (a row that
 does not is a wrong kernel, never a default). `recommendations` (in the JSON and printed last): per kernel
 the fastest agreeing row against the current defaults, and every disagreeing row. A candidate that fails to
-compile or launch (shared memory, say) is recorded with its error. The defaults are measured first, so a cut-off sweep still has its reference
-row. Results: one JSON document (device, versions, date, commit, recommendations, settings, rows), and a table
-on stdout. It refuses to run with kernel settings applied (XGENMM_KERNEL_SETTINGS): it compares with the
-built-in defaults.
+compile or launch (shared memory, say) is recorded with its error. The defaults are measured first, so a
+cut-off sweep still has its reference row. Results: one JSON document (device, versions, date, commit,
+recommendations, settings, rows), and a table on stdout. It refuses to run with kernel settings applied
+(XGENMM_KERNEL_SETTINGS): it compares with the built-in defaults.
 """
 from __future__ import annotations
 
