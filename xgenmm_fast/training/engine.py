@@ -230,14 +230,11 @@ def apply_kernel_settings(path):
         return None
     from ..ops import triton as triton_ops
     from ..ops.triton import tuning
-    try:
-        settings = tuning.load(str(path))
-    except ValueError as e:
-        raise ValueError(f"model.kernel_settings: {e}") from None
     if not triton_ops.enabled():
+        tuning.load_from(str(path), "model.kernel_settings")  # a malformed file fails here too
         logging.warning("model.kernel_settings=%s not applied: the Triton backends are not enabled here", path)
         return None
-    return tuning.apply(settings, source=f"model.kernel_settings={path}")
+    return tuning.apply_file(str(path), "model.kernel_settings")
 
 
 def start_run(cfg) -> Run:

@@ -134,16 +134,26 @@ def apply(settings: dict, source: str | None = None) -> Callable[[], None]:
     return restore
 
 
+def load_from(path: str, origin: str) -> dict:
+    """load(path), its errors prefixed with `origin`: where the path came from (the environment variable, a
+    config key)."""
+    try:
+        return load(path)
+    except ValueError as e:
+        raise ValueError(f"{origin}: {e}") from None
+
+
+def apply_file(path: str, origin: str) -> Callable[[], None]:
+    """load_from(path, origin) applied; report() names `origin`."""
+    return apply(load_from(path, origin), source=f"{origin}={path}")
+
+
 def apply_environment() -> str | None:
     """Apply the file XGENMM_KERNEL_SETTINGS names, if set; returns its path."""
     path = os.environ.get(ENV, "").strip()
     if not path:
         return None
-    try:
-        settings = load(path)
-    except ValueError as e:
-        raise ValueError(f"{ENV}: {e}") from None
-    apply(settings, source=f"{ENV}={path}")
+    apply_file(path, ENV)
     return path
 
 
