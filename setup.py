@@ -107,7 +107,10 @@ setup(
         "deepspeed",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"], "tensorboard": ["tensorboard"]},
+    # test: what the benchmark tooling's tests need, so that none of them skips: liger-kernel (the Liger
+    # baseline of benchmarks/bench_sft_step.py; its test runs Liger's Triton kernels on the CPU through the
+    # interpreter; pinned as scripts/gpu_wheels.sh carries it) and matplotlib (benchmarks/report.py's plots)
+    extras_require={"test": ["pytest", "liger-kernel==0.8.5", "matplotlib"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["xgenmm-fast = xgenmm_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -157,7 +157,6 @@ def test_report_writes_a_table_and_plots(tmp_path):
     assert "| a · resize/threads=1 | images=16, threads=1 | 20.00 images/s | 10.00 images/s | 2.00× | – |" in text
     assert "1 / 4 (0.25×)" in text and "skipped: no CUDA device" in text
     assert doc["device"] in text
-    pytest.importorskip("matplotlib")
     assert pngs == [str(tmp_path / "r-a.png")] and os.path.getsize(pngs[0]) > 1000
 
 

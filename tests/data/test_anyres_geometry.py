@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("PIL", reason="Pillow is not installed")
-
 from tests.data._images import fresh_seed
 from xgenmm_fast import _ext
 from xgenmm_fast.data.anyres import (

@@ -7,8 +7,6 @@ import io
 import numpy as np
 import pytest
 
-pytest.importorskip("PIL", reason="Pillow is not installed")
-
 from PIL import Image
 
 from xgenmm_fast.data.image_io import ImageLoadError, decode_image_bytes, load_image

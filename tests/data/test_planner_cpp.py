@@ -12,6 +12,7 @@ import random
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,7 +90,6 @@ def test_hand_checked():
 def test_input_types_agree():
     lengths = [5, 7, 3, 6, 2, 9, 0, 11]
     want = plan_rows_reference(lengths, 10)
-    np = pytest.importorskip("numpy")
     for x in (
         lengths,
         tuple(lengths),

@@ -17,8 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("PIL", reason="Pillow is not installed")
-
 from PIL import Image
 
 from tests.data._images import MODES, fresh_seed, random_image

@@ -121,6 +121,8 @@ def test_checkpoint_without_pooling_head_loads(model, tmp_path):
     assert torch.equal(_outputs(m), _outputs(model))
 
 
+# (torch warns about the raw pickle's protocol before refusing it: expected here)
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_unpickling_arbitrary_objects_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
