@@ -109,6 +109,21 @@ def test_prepare_is_idempotent(tiny_dir, tmp_path):
     assert info2 == info and len(reloaded) == size
 
 
+def test_load_from_a_model_directory_is_quiet(tiny_dir, tmp_path, capfd):
+    """A released model directory holds the tokenizer beside the model's config.json (model_type "xgenmm",
+    unknown to transformers): loading it says nothing about the model type."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for f in tiny_dir.iterdir():
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "xgenmm", "architectures": ["XGenMM"]}))
+    capfd.readouterr()
+    tokenizer, info = load_tokenizer(model_dir)
+    assert len(tokenizer) == info.initial_tokenizer_len + 3
+    err = capfd.readouterr().err
+    assert "model of type" not in err, err
+
+
 def test_prepare_keeps_an_own_pad_token():
     tokenizer = merging_tokenizer(pad_token="<mypad>")
     n = len(tokenizer)

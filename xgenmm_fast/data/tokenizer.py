@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -143,11 +144,21 @@ def load_tokenizer(path):
         raise FileNotFoundError(
             f"tokenizer directory {str(p)!r} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})"
         )
+    # a model directory's config.json is the multimodal model's (model_type "xgenmm", unknown to transformers);
+    # AutoTokenizer reads it only to look for a tokenizer class and would warn that the model type differs
+    config_logger = logging.getLogger("transformers.configuration_utils")
+    config_logger.addFilter(_drop_model_type_notice)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... depending on what is off
         raise OSError(f"could not load a tokenizer from {str(p)!r}: {type(e).__name__}: {e}") from e
+    finally:
+        config_logger.removeFilter(_drop_model_type_notice)
     return tokenizer, prepare_tokenizer(tokenizer)
+
+
+def _drop_model_type_notice(record: logging.LogRecord) -> bool:
+    return "to instantiate a model of type" not in record.getMessage()
 
 
 # ---------------------------------------------------------------------------------------------------
