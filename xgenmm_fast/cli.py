@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 
 
@@ -61,8 +63,10 @@ def _cmd_export(args) -> int:
 
 def _cmd_ops(args) -> int:
     from . import ops
-    for op, backend in ops.report().items():
-        print(f"{op:22s} {backend:10s} (available: {', '.join(ops.available_backends(op))})")
+    report = ops.report()
+    width = max(map(len, report), default=0)
+    for op, backend in report.items():
+        print(f"{op:{width}s}  {backend:10s} (available: {', '.join(ops.available_backends(op))})")
     print(f"attention kernel settings: {ops.kernel_settings()}")
     return 0
 
@@ -138,10 +142,24 @@ def main(argv=None) -> int:
     argv = _strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # a reader that went away shows up here, not as a traceback at exit
+        return status
+    except BrokenPipeError:
+        # `xgenmm-fast ops | head`: the reader has what it wanted; stop quietly, as other command-line tools do
+        _stdout_to_devnull()
+        return 128 + 13  # (SIGPIPE's shell status)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"xgenmm-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe, so that the interpreter's final flush of stdout fails no more."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # stdout without a file descriptor (captured): nothing to flush at exit
 
 
 if __name__ == "__main__":

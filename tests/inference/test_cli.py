@@ -124,3 +124,25 @@ def test_vlmeval_style_model_answers_a_message_with_an_image(model_dir, image_pa
     assert m.generate_batch([msg, [{"type": "text", "value": "Hi"}]])[0] == answer
     with pytest.raises(ValueError, match="not supported"):
         m.generate([{"type": "video", "value": "x.mp4"}])
+
+
+def test_ops_lists_every_op_with_its_backend_in_columns(capsys):
+    from xgenmm_fast import ops
+    assert main(["ops"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    report = ops.report()
+    rows = lines[:len(report)]
+    assert [r.split()[0] for r in rows] == list(report)
+    assert [r.split()[1] for r in rows] == list(report.values())
+    assert len({r.index(" (available: ") for r in rows}) == 1, rows  # one column, however long the op name
+    assert lines[len(report)].startswith("attention kernel settings:")
+
+
+def test_a_reader_that_goes_away_is_no_error():
+    """`xgenmm-fast ops | head -1`: the reader closes the pipe early; the command stops without a message."""
+    p = subprocess.Popen([sys.executable, "-m", "xgenmm_fast.cli", "ops"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command has printed anything (its imports take a while)
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert err == "", err
