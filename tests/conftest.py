@@ -24,13 +24,10 @@ def pytest_configure(config):
                                        "scripts/gpu_check.sh runs these after the default paths' tests")
 
 
-GPU_SKIP_REASON = "needs a CUDA device (run by scripts/gpu_check.sh)"
-
-
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return
-    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    skip = pytest.mark.skip(reason="needs a CUDA device (run by scripts/gpu_check.sh)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
